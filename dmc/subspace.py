@@ -1,0 +1,192 @@
+"""The invariant subspace of deep factorization dynamics (DESIGN.md section 3).
+
+The wide model ``W_L ... W_1`` started at ``eps`` times orthogonal factors has
+end-to-end matrix ``E0 = eps**L * Q``.  Its training dynamics stay in the
+subspace pair spanned by
+
+    V = orth([V_G, Q^T U_G]),   U = Q V,
+
+where ``U_G, V_G`` are the top-``rank`` singular vectors of the initial
+gradient ``G0 = P_Omega(E0 - M)``.  Everything here works on the observed
+entries: ``G0`` is sparse, its truncated SVD comes from ARPACK, and ``Q`` is
+an operator applied to a few vectors, never an ``m x n`` array.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+from .observations import Observations
+
+__all__ = [
+    "RandomOrthogonal",
+    "DenseOrthogonal",
+    "InitialSpectrum",
+    "initial_gradient",
+    "top_singular_triplets",
+    "invariant_subspace",
+]
+
+
+class RandomOrthogonal:
+    """A random (semi-)orthogonal ``m x n`` operator that is cheap to apply.
+
+    ``Q = [I_m 0] H S P [I_n; 0]^T`` with ``d = max(m, n)``: ``P`` a random
+    permutation of ``d`` coordinates, ``S`` random signs and ``H`` a product of
+    ``n_reflections`` random Householder reflections kept in compact WY form
+    ``H = I - Y T Y^T``.  The signed permutation mixes every coordinate (so
+    ``Q^T U_G`` is not aligned with ``V_G`` even for symmetric targets, where
+    ``Q = I`` would make the basis lose rank); the reflections make ``Q`` dense.
+    Applying ``Q`` costs O(d * n_reflections) per vector and one entry costs
+    O(n_reflections), so ``P_Omega(E0)`` costs O(|Omega| * n_reflections).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(m, n)``.
+    rng : numpy.random.Generator
+    n_reflections : int, default=8
+    """
+
+    def __init__(self, shape, rng, n_reflections=8):
+        m, n = (int(s) for s in shape)
+        d = max(m, n)
+        self.shape = (m, n)
+        h = min(int(n_reflections), d)
+        self._permutation = rng.permutation(d)
+        self._signs = rng.choice(np.array([-1.0, 1.0]), size=d)
+        Y = rng.standard_normal((d, h))
+        Y /= np.linalg.norm(Y, axis=0)
+        # H_1 H_2 ... H_h = I - Y T Y^T with H_j = I - 2 y_j y_j^T (LAPACK larft).
+        T = np.zeros((h, h))
+        for j in range(h):
+            T[:j, j] = -2.0 * T[:j, :j] @ (Y[:, :j].T @ Y[:, j])
+            T[j, j] = 2.0
+        self._Y, self._T, self._d = Y, T, d
+
+    def matvec(self, X):
+        """``Q @ X`` for X of shape (n, k)."""
+        m, n = self.shape
+        Z = np.zeros((self._d, X.shape[1]), dtype=np.result_type(X, np.float64))
+        Z[self._permutation[:n]] = self._signs[:n, None] * X
+        Z -= self._Y @ (self._T @ (self._Y.T @ Z))
+        return Z[:m]
+
+    def rmatvec(self, Y):
+        """``Q^T @ Y`` for Y of shape (m, k)."""
+        m, n = self.shape
+        Z = np.zeros((self._d, Y.shape[1]), dtype=np.result_type(Y, np.float64))
+        Z[:m] = Y
+        Z -= self._Y @ (self._T.T @ (self._Y.T @ Z))
+        return self._signs[:n, None] * Z[self._permutation[:n]]
+
+    def entries(self, rows, cols):
+        """``Q[rows, cols]`` without forming Q: O(len(rows) * n_reflections)."""
+        targets = self._permutation[cols]
+        low_rank = np.einsum(
+            "ij,ij->i", self._Y[rows] @ self._T, self._Y[targets]
+        )
+        return self._signs[cols] * ((rows == targets) - low_rank)
+
+    def dense(self):
+        """The full ``m x n`` matrix (tests and the wide model only)."""
+        return self.matvec(np.eye(self.shape[1]))
+
+
+class DenseOrthogonal:
+    """An explicit (semi-)orthogonal matrix behind the same interface.
+
+    Used when ``Q`` is the product of the wide model's initial factors, so
+    that the compressed and the wide model start from the same ``E0``.
+    """
+
+    def __init__(self, Q):
+        self._Q = np.asarray(Q, dtype=np.float64)
+        self.shape = self._Q.shape
+
+    def matvec(self, X):
+        return self._Q @ X
+
+    def rmatvec(self, Y):
+        return self._Q.T @ Y
+
+    def entries(self, rows, cols):
+        return self._Q[rows, cols]
+
+    def dense(self):
+        return self._Q
+
+
+@dataclass(frozen=True)
+class InitialSpectrum:
+    """Top singular triplets of the initial gradient ``G0``."""
+
+    left: np.ndarray  # U_G, m x rank
+    singular_values: np.ndarray  # descending
+    right: np.ndarray  # V_G, n x rank
+
+
+def initial_gradient(obs: Observations, q, end_to_end_scale: float) -> sp.csr_matrix:
+    """``G0 = P_Omega(E0 - M)`` as a CSR matrix, ``E0 = end_to_end_scale * Q``.
+
+    Uses float64 whatever the data dtype: the subspace is computed once and
+    its accuracy bounds everything after it.
+    """
+    e0 = end_to_end_scale * q.entries(obs.observed_rows, obs.observed_cols)
+    return obs.to_csr(e0 - obs.values.astype(np.float64))
+
+
+def top_singular_triplets(G, rank: int, rng) -> InitialSpectrum:
+    """Top-``rank`` singular triplets of a sparse matrix (truncated SVD).
+
+    ARPACK with a start vector drawn from ``rng`` so the result is
+    reproducible; never a full SVD.
+    """
+    m, n = G.shape
+    v0 = rng.standard_normal(min(m, n))
+    if rank >= min(m, n):  # ARPACK needs rank < min(m, n); tiny problems only
+        u, s, vt = np.linalg.svd(G.toarray(), full_matrices=False)
+        u, s, vt = u[:, :rank], s[:rank], vt[:rank]
+    else:
+        u, s, vt = spla.svds(G, k=rank, v0=v0, solver="arpack")
+        order = np.argsort(s)[::-1]
+        u, s, vt = u[:, order], s[order], vt[order]
+    return InitialSpectrum(u, s, vt.T)
+
+
+def _orthonormal_basis(B, k, rng):
+    """Orthonormal basis of range(B) completed with random directions to k columns.
+
+    Rank loss in ``[V_G, Q^T U_G]`` (e.g. a symmetric target with ``Q = I``)
+    leaves fewer than k independent columns; the missing ones are filled with
+    random directions orthogonal to the rest so the model keeps width k.
+    """
+    u, s, _ = np.linalg.svd(B, full_matrices=False)
+    tol = max(B.shape) * np.finfo(np.float64).eps * (s[0] if s.size else 1.0)
+    basis = u[:, s > max(tol, 1e-10 * s[0])]
+    missing = k - basis.shape[1]
+    if missing > 0:
+        extra = rng.standard_normal((B.shape[0], missing))
+        extra -= basis @ (basis.T @ extra)
+        extra, _ = np.linalg.qr(extra)
+        extra -= basis @ (basis.T @ extra)  # second pass for accuracy
+        extra, _ = np.linalg.qr(extra)
+        basis = np.hstack([basis, extra])
+    return basis
+
+
+def invariant_subspace(spectrum: InitialSpectrum, q, rng):
+    """``(U, V)`` of DESIGN.md section 3 from the initial gradient's triplets.
+
+    ``V = orth([V_G, Q^T U_G])`` (n x 2 rank), ``U = Q V`` (m x 2 rank).  When
+    ``m >= n``, ``Q`` has orthonormal columns and so has ``U``; when ``m < n``
+    it need not, and it is kept as constructed (no re-orthonormalisation).
+    """
+    k = 2 * spectrum.left.shape[1]
+    B = np.hstack([spectrum.right, q.rmatvec(spectrum.left)])
+    V = _orthonormal_basis(B, k, rng)
+    return q.matvec(V), V
