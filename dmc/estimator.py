@@ -302,7 +302,8 @@ class DeepMatrixCompleter:
         result = gradient_descent(
             factors, loss_and_gradients, step_sizes, max_iter=self.max_iter, tol=self.tol,
             observed_norm=float(np.linalg.norm(obs.values)), record_every=self.record_every,
-            recovery_error=error, callback=self.callback, start_time=start, verbose=self.verbose,
+            recovery_error=error, start_time=start, verbose=self.verbose,
+            callback=None if self.callback is None else (lambda record, _: self.callback(record)),
         )
         self.shape_ = obs.shape
         self.scale_ = scale

@@ -89,7 +89,10 @@ def gradient_descent(
     recovery_error : callable, optional
         ``factors -> float``, recorded as ``recovery_error``.
     callback : callable, optional
-        ``record (dict) -> bool``; True stops the fit.
+        ``(record, factors) -> bool``, called at every record with the
+        record (a dict) and the current factors (read-only); True stops the
+        fit.  Early stopping on held-out data and keeping the best state are
+        built on this hook.
     start_time : float, optional
         ``time.perf_counter()`` value that history times count from (so that
         initialization time is included); default now.
@@ -129,7 +132,7 @@ def gradient_descent(
                                for k, v in record.items()))
             if math.sqrt(2.0 * loss_value) <= tol * observed_norm:
                 converged = True
-            elif callback is not None and callback(record):
+            elif callback is not None and callback(record, factors):
                 stopped = True
             if converged or stopped or iteration == max_iter:
                 break
