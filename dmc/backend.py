@@ -1,28 +1,306 @@
-"""Array namespace and the sparse kernels the Array API standard lacks.
+"""Array namespaces, devices, and the sparse kernels the Array API standard lacks.
 
-Dense work in dmc goes through the standard namespace; the kernels on the
-observed pattern live here, one implementation per backend:
+Everything that differs between NumPy, PyTorch and CuPy lives in this
+module.  Dense work elsewhere in dmc uses operators that all three share
+(``@``, ``.T``, in-place ``-=``) and the standard namespace that
+array-api-compat returns; this module provides
 
-* ``sample(A, B)``: ``(A @ B.T)[rows, cols]`` without forming ``A @ B.T``
-  (a sampled dense-dense product), O(|Omega| k);
-* ``residual_products(A, B, values)``: with ``R`` the sparse residual
-  ``P_Omega(A @ B.T) - values``, returns ``(1/2 ||R||^2, R @ B, R.T @ A)``
-  in O(|Omega| k), the whole data-dependent part of a gradient step.
+* :func:`resolve_backend`: the namespace and device of a fit, once per fit;
+* :func:`observed_triplets`: the observed entries of any supported input
+  (dense + mask, dense with NaN, scipy.sparse, torch sparse COO/CSR, cupyx
+  sparse) as host NumPy triplets for validation and the one-time subspace
+  SVD;
+* :func:`to_namespace` / :func:`to_numpy`: transfers;
+* the per-backend kernel table on the observed pattern:
 
-For NumPy there are two implementations: SciPy's CSR kernels (always
-available) and a fused Numba kernel (``pip install "dmc[fast]"``), used
-automatically when Numba imports unless ``DMC_KERNELS=scipy`` is set.
+  - ``sample(A, B)``: ``(A @ B.T)[rows, cols]`` without forming ``A @ B.T``,
+    O(|Omega| k);
+  - ``residual_products(A, B, values)``: with ``R`` the sparse residual
+    ``P_Omega(A @ B.T) - values``, returns ``(1/2 ||R||^2, R @ B, R.T @ A)``
+    in O(|Omega| k), the whole data-dependent part of a gradient step.
+
+  NumPy: SciPy CSR kernels, or fused Numba kernels when Numba imports
+  (``pip install "dmc[fast]"``; ``DMC_KERNELS=scipy`` opts out).  Torch:
+  ``torch.sparse.sampled_addmm`` and CSR matrix products, index tensors and
+  the CSR structures built once on the device.  CuPy: cupyx.scipy.sparse CSR.
+
+The loss stays a 0-d device array, so a step never synchronises with the
+host; the solver reads it only at recording steps.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
+import scipy.sparse as sp
 
 from .observations import Observations
 
-__all__ = ["ScipyPattern", "NumbaPattern", "make_pattern", "numba_available"]
+__all__ = [
+    "Backend",
+    "resolve_backend",
+    "observed_triplets",
+    "to_namespace",
+    "to_numpy",
+    "make_pattern",
+    "numba_available",
+    "ScipyPattern",
+    "NumbaPattern",
+    "TorchPattern",
+    "CupyPattern",
+]
+
+_EXTRAS = {"torch": "torch", "cupy": "cupy"}
+
+
+def _import_backend(name):
+    """Import torch or cupy, or raise an ImportError naming the extra to install."""
+    try:
+        if name == "torch":
+            import torch
+
+            return torch
+        if name == "cupy":
+            import cupy
+
+            return cupy
+    except ImportError as error:
+        raise ImportError(
+            f'backend="{name}" needs {name}, which is not installed: '
+            f'pip install "dmc[{_EXTRAS[name]}]"'
+        ) from error
+    raise ValueError(f'backend must be "auto", "numpy", "torch" or "cupy"; got {name!r}.')
+
+
+def _kind_of(x) -> str:
+    """"torch", "cupy" or "numpy" for an input array (without importing torch/cupy)."""
+    module = type(x).__module__.split(".")[0]
+    if module == "torch":
+        return "torch"
+    if module in ("cupy", "cupyx"):
+        return "cupy"
+    return "numpy"
+
+
+class Backend:
+    """The array library, its standard namespace and the device of one fit."""
+
+    def __init__(self, name, device=None):
+        self.name = name
+        if name == "numpy":
+            import array_api_compat.numpy as xp
+
+            self.module, self.xp, self.device = np, xp, "cpu"
+        elif name == "torch":
+            torch = _import_backend("torch")
+            import array_api_compat.torch as xp
+
+            self.module, self.xp = torch, xp
+            self.device = torch.device(device if device is not None else "cpu")
+        else:
+            cupy = _import_backend("cupy")
+            import array_api_compat.cupy as xp
+
+            self.module, self.xp = cupy, xp
+            self.device = cupy.cuda.Device(_cuda_index(device))
+
+    def default_float(self):
+        if self.name == "torch":
+            return self.module.get_default_dtype()
+        return self.module.float64
+
+    def float_dtype(self, name):
+        """The backend's dtype called ``name`` ("float32" or "float64")."""
+        return getattr(self.module, name)
+
+    def __repr__(self):
+        return f"Backend({self.name!r}, device={self.device!r})"
+
+
+def _cuda_index(device):
+    if device is None or device == "cuda":
+        return 0
+    if isinstance(device, int):
+        return device
+    text = str(device)
+    if text.startswith("cuda:"):
+        return int(text.split(":", 1)[1])
+    raise ValueError(f'device for backend="cupy" must be "cuda", "cuda:N" or an int; got {device!r}.')
+
+
+def resolve_backend(M, backend="auto", device=None) -> Backend:
+    """The backend of a fit: the input's own (``"auto"``) or the one asked for.
+
+    Lists and scipy.sparse inputs are NumPy.  ``device`` defaults to the
+    input's device with ``"auto"`` and to ``"cpu"`` / ``"cuda"`` otherwise.
+    """
+    if backend == "auto":
+        name = _kind_of(M)
+        if name == "torch" and device is None:
+            device = M.device
+        if name == "cupy" and device is None:
+            device = M.device.id
+    elif backend in ("numpy", "torch", "cupy"):
+        name = backend
+    else:
+        raise ValueError(f'backend must be "auto", "numpy", "torch" or "cupy"; got {backend!r}.')
+    if name == "numpy" and device not in (None, "cpu"):
+        raise ValueError(f'backend="numpy" runs on the CPU; got device={device!r}. '
+                         'Use backend="torch" or "cupy" for a GPU.')
+    return Backend(name, device)
+
+
+def to_numpy(x):
+    """A NumPy copy (or view) of a NumPy, torch or CuPy array; other values unchanged."""
+    kind = _kind_of(x)
+    if kind == "torch":
+        return x.detach().cpu().numpy()
+    if kind == "cupy":
+        return x.get()
+    return np.asarray(x)
+
+
+def to_namespace(x, backend: Backend, dtype=None):
+    """``x`` (NumPy or the backend's own array) as a backend array on its device."""
+    if backend.name == "numpy":
+        out = to_numpy(x)
+        return out if dtype is None else out.astype(dtype, copy=False)
+    if backend.name == "torch":
+        torch = backend.module
+        if not isinstance(x, torch.Tensor):
+            x = torch.from_numpy(np.ascontiguousarray(x))
+        return x.to(device=backend.device, dtype=dtype)
+    cupy = backend.module
+    with backend.device:
+        out = cupy.asarray(x)
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
+def _dense_observed(M, mask, kind):
+    """Observed (rows, cols, values) of a dense torch/CuPy array, found on its device.
+
+    Only the |Omega| observed triplets travel to the host.
+    """
+    if kind == "torch":
+        import torch
+
+        if M.ndim != 2:
+            raise ValueError(f"M must be a 2-D matrix; got a tensor with {M.ndim} dimension(s).")
+        if mask is None:
+            observed = ~torch.isnan(M) if M.is_floating_point() else torch.ones_like(M, dtype=torch.bool)
+        else:
+            mask = mask if isinstance(mask, torch.Tensor) else torch.as_tensor(np.asarray(mask))
+            if tuple(mask.shape) != tuple(M.shape):
+                raise ValueError(f"mask has shape {tuple(mask.shape)} but M has shape {tuple(M.shape)}; "
+                                 "the mask must mark each entry of M (True = observed).")
+            if mask.dtype != torch.bool:
+                raise TypeError(f"mask must be a boolean tensor (True = observed); got dtype {mask.dtype}.")
+            observed = mask.to(M.device)
+        rows, cols = torch.nonzero(observed, as_tuple=True)
+        values = M[rows, cols]
+        return to_numpy(rows), to_numpy(cols), to_numpy(values)
+    import cupy
+
+    if M.ndim != 2:
+        raise ValueError(f"M must be a 2-D matrix; got an array with {M.ndim} dimension(s).")
+    if mask is None:
+        observed = ~cupy.isnan(M) if M.dtype.kind == "f" else cupy.ones(M.shape, dtype=bool)
+    else:
+        mask = cupy.asarray(mask)
+        if mask.shape != M.shape:
+            raise ValueError(f"mask has shape {mask.shape} but M has shape {M.shape}; "
+                             "the mask must mark each entry of M (True = observed).")
+        if mask.dtype != bool:
+            raise TypeError(f"mask must be boolean (True = observed); got dtype {mask.dtype}.")
+        observed = mask
+    rows, cols = cupy.nonzero(observed)
+    return rows.get(), cols.get(), M[rows, cols].get()
+
+
+def observed_triplets(M, mask=None):
+    """Host :class:`Observations` of any supported input, and the input's dtype name.
+
+    NumPy, lists and scipy.sparse go through :func:`dmc.observations.as_observations`
+    directly; torch and CuPy inputs have their observed entries extracted on
+    their device first.  Returns ``(observations, dtype_name)`` where
+    ``dtype_name`` is "float32", "float64" or None (non-float input).
+    """
+    from .observations import as_observations
+
+    kind = _kind_of(M)
+    if kind == "numpy" and not sp.issparse(M):
+        M_array = np.asarray(M) if not isinstance(M, (str, bytes)) and M is not None else M
+        dtype = getattr(M_array, "dtype", None)
+        obs = as_observations(M_array, mask)
+    elif sp.issparse(M):
+        obs = as_observations(M, mask)
+        dtype = M.dtype
+    else:
+        if kind == "torch" and M.layout != _torch_strided():
+            if mask is not None:
+                raise ValueError("mask must be None for sparse M: the stored entries of a sparse "
+                                 "tensor are the observed ones.")
+            values = M._values() if M.layout == _torch_sparse_coo() else M.values()
+            dtype = to_numpy(values[:0]).dtype
+            obs = as_observations(_torch_sparse_to_scipy(M))
+        elif kind == "cupy" and _is_cupyx_sparse(M):
+            if mask is not None:
+                raise ValueError("mask must be None for sparse M: the stored entries are the observed ones.")
+            coo = M.tocoo()
+            dtype = np.dtype(M.dtype)
+            obs = as_observations(sp.coo_matrix((coo.data.get(), (coo.row.get(), coo.col.get())),
+                                                shape=M.shape))
+        else:
+            rows, cols, values = _dense_observed(M, mask, kind)
+            dtype = values.dtype
+            shape = tuple(int(s) for s in M.shape)
+            obs = as_observations(sp.coo_matrix((values, (rows, cols)), shape=shape))
+    name = np.dtype(dtype).name if dtype is not None and np.dtype(dtype).kind == "f" else None
+    if name not in ("float32", "float64"):
+        name = None
+    return obs, name
+
+
+def _torch_strided():
+    import torch
+
+    return torch.strided
+
+
+def _torch_sparse_coo():
+    import torch
+
+    return torch.sparse_coo
+
+
+def _torch_sparse_to_scipy(M):
+    import torch
+
+    if M.ndim != 2:
+        raise ValueError(f"M must be a 2-D matrix; got a sparse tensor with {M.ndim} dimensions.")
+    if M.layout == torch.sparse_coo:
+        # an uncoalesced COO tensor may store an entry twice: keep them apart so
+        # that validation reports it instead of silently summing
+        indices = to_numpy(M._indices())
+        values = to_numpy(M._values())
+        return sp.coo_matrix((values, (indices[0], indices[1])), shape=tuple(M.shape))
+    if M.layout == torch.sparse_csr:
+        return sp.csr_matrix((to_numpy(M.values()), to_numpy(M.col_indices()),
+                              to_numpy(M.crow_indices())), shape=tuple(M.shape))
+    if M.layout == torch.sparse_csc:
+        return sp.csc_matrix((to_numpy(M.values()), to_numpy(M.row_indices()),
+                              to_numpy(M.ccol_indices())), shape=tuple(M.shape))
+    raise TypeError(f"unsupported torch sparse layout {M.layout}; use COO, CSR or CSC.")
+
+
+def _is_cupyx_sparse(M):
+    try:
+        import cupyx.scipy.sparse as csp
+    except ImportError:
+        return False
+    return csp.issparse(M)
 
 
 def numba_available() -> bool:
@@ -124,15 +402,99 @@ class NumbaPattern:
         return loss, row_out.copy(), col_out
 
 
-def make_pattern(obs: Observations, dtype=np.float64, kernels=None):
-    """The kernel table entry for NumPy observations.
+class TorchPattern:
+    """Observed pattern for torch tensors on any device.
+
+    The CSR structures of ``R`` and ``R.T`` are built once on the device and
+    only their values are overwritten each step (``R.T``'s through a fixed
+    permutation), so a step allocates only k-wide outputs.
+    ``torch.sparse.sampled_addmm`` computes the predictions without an
+    |Omega| x k gather.
+    """
+
+    def __init__(self, obs: Observations, dtype, backend: Backend):
+        torch = backend.module
+        self._torch = torch
+        device = backend.device
+        m, n = obs.shape
+        as_index = lambda a: torch.as_tensor(a, dtype=torch.int64, device=device)  # noqa: E731
+        self.rows = as_index(obs.observed_rows)
+        self.cols = as_index(obs.observed_cols)
+        order = np.lexsort((obs.observed_rows, obs.observed_cols))  # CSC order
+        self._transpose_order = as_index(order)
+        zeros = torch.zeros(obs.n_observed, dtype=dtype, device=device)
+        col_counts = np.bincount(obs.observed_cols, minlength=n)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+            self._matrix = torch.sparse_csr_tensor(
+                as_index(obs.row_pointers), self.cols, zeros.clone(), size=(m, n),
+                check_invariants=False)
+            self._transpose = torch.sparse_csr_tensor(
+                as_index(np.concatenate([[0], np.cumsum(col_counts)])),
+                as_index(obs.observed_rows[order]), zeros.clone(), size=(n, m),
+                check_invariants=False)
+            self._pattern = torch.sparse_csr_tensor(
+                as_index(obs.row_pointers), self.cols, zeros.clone(), size=(m, n),
+                check_invariants=False)
+        self.shape = obs.shape
+
+    def sample(self, A, B):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return self._torch.sparse.sampled_addmm(self._pattern, A, B.T, beta=0.0).values()
+
+    def residual_products(self, A, B, values):
+        residual = self.sample(A, B) - values
+        self._matrix.values().copy_(residual)
+        self._transpose.values().copy_(residual[self._transpose_order])
+        loss = 0.5 * (residual @ residual)
+        return loss, self._matrix @ B, self._transpose @ A
+
+
+class CupyPattern:
+    """Observed pattern for CuPy arrays: cupyx.scipy.sparse CSR, built once."""
+
+    def __init__(self, obs: Observations, dtype, backend: Backend):
+        cupy = backend.module
+        import cupyx.scipy.sparse as csp
+
+        with backend.device:
+            self.rows = cupy.asarray(obs.observed_rows, dtype=cupy.int32)
+            self.cols = cupy.asarray(obs.observed_cols, dtype=cupy.int32)
+            self._matrix = csp.csr_matrix(
+                (cupy.zeros(obs.n_observed, dtype=dtype), self.cols,
+                 cupy.asarray(obs.row_pointers, dtype=cupy.int32)), shape=obs.shape)
+        self._cupy = cupy
+        self.shape = obs.shape
+
+    def sample(self, A, B):
+        return (A[self.rows] * B[self.cols]).sum(axis=1)
+
+    def residual_products(self, A, B, values):
+        residual = self.sample(A, B) - values
+        self._matrix.data = residual
+        loss = 0.5 * (residual @ residual)
+        return loss, self._matrix @ B, self._matrix.T @ A
+
+
+def make_pattern(obs: Observations, dtype=np.float64, backend: Backend | None = None,
+                 kernels=None):
+    """The kernel-table entry for a backend.
 
     Parameters
     ----------
+    obs : Observations
+    dtype : the backend's float dtype
+    backend : Backend, optional
+        Default NumPy.
     kernels : {"numba", "scipy"}, optional
-        Default: ``DMC_KERNELS`` from the environment, else Numba when it
-        imports, else SciPy.
+        NumPy only.  Default: ``DMC_KERNELS`` from the environment, else
+        Numba when it imports, else SciPy.
     """
+    if backend is not None and backend.name == "torch":
+        return TorchPattern(obs, dtype, backend)
+    if backend is not None and backend.name == "cupy":
+        return CupyPattern(obs, dtype, backend)
     kernels = kernels or os.environ.get("DMC_KERNELS") or ("numba" if numba_available() else "scipy")
     if kernels == "numba":
         return NumbaPattern(obs, dtype)

@@ -9,15 +9,17 @@ import time
 import numpy as np
 
 from . import models, subspace
-from .backend import make_pattern
+from .backend import make_pattern, observed_triplets, resolve_backend, to_namespace, to_numpy
 from .datasets import _rng
 from .metrics import recovery_error
-from .observations import as_observations
 from .solver import gradient_descent
 
 __all__ = ["DeepMatrixCompleter"]
 
 _METHODS = ("compressed", "original", "narrow")
+_DTYPES = ("float32", "float64")
+import os
+_REFERENCE_SCALE = float(os.environ.get("DMC_REF", "10"))
 
 
 def _is_int(x):
@@ -99,9 +101,30 @@ class DeepMatrixCompleter:
         Called with each history record (a dict); returning True stops.
     verbose : bool, default=False
         Print each history record.
+    backend : {"auto", "numpy", "torch", "cupy"}, default="auto"
+        Array library the fit runs in.  ``"auto"`` follows the input (NumPy
+        for lists and scipy.sparse); the others convert the input.  Fitted
+        factors, ``transform()`` and ``predict()`` are arrays of this
+        library on ``device``; pass ``as_numpy=True`` to get NumPy copies.
+        Histories are always NumPy.
+    device : str, optional
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default: the input's device
+        with ``"auto"``, else the CPU (torch) or GPU 0 (cupy).
+    dtype : {"float32", "float64"}, optional
+        Default: the input's float dtype; integers become the backend's
+        default float (float64 for NumPy and CuPy, ``torch.get_default_dtype()``
+        for torch).
     random_state : int, numpy Generator or None
         Seeds every random draw (orthogonal operator, SVD start vector,
-        random initializations).
+        random initializations).  All draws happen on the host in NumPy, so
+        a seed gives the same initialization on every backend.
+
+    Notes
+    -----
+    Initialization (the truncated SVD of the sparse initial gradient) runs
+    once per fit in SciPy on a host copy of the observed entries, O(|Omega|)
+    bytes; the training loop then runs entirely on the backend's device and
+    synchronises with the host only every ``record_every`` steps.
 
     Attributes
     ----------
@@ -138,7 +161,7 @@ class DeepMatrixCompleter:
     def __init__(self, rank=10, *, depth=3, method="compressed", init_scale=1e-3,
                  lr="auto", gamma=0.01, width=None, normalize=True, max_iter=20000,
                  tol=1e-7, record_every=10, callback=None, verbose=False,
-                 random_state=None):
+                 backend="auto", device=None, dtype=None, random_state=None):
         self.rank = rank
         self.depth = depth
         self.method = method
@@ -152,6 +175,9 @@ class DeepMatrixCompleter:
         self.record_every = record_every
         self.callback = callback
         self.verbose = verbose
+        self.backend = backend
+        self.device = device
+        self.dtype = dtype
         self.random_state = random_state
 
     # -- scikit-learn parameter protocol -------------------------------------
@@ -212,8 +238,18 @@ class DeepMatrixCompleter:
             raise ValueError(f"tol must be a number >= 0; got {self.tol!r}.")
         if not _is_int(self.record_every) or self.record_every < 1:
             raise ValueError(f"record_every must be a positive integer; got {self.record_every!r}.")
+        if self.dtype is not None and self._dtype_name(self.dtype) not in _DTYPES:
+            raise ValueError(f'dtype must be None, "float32" or "float64"; got {self.dtype!r}.')
         if self.callback is not None and not callable(self.callback):
             raise TypeError(f"callback must be callable or None; got {type(self.callback).__name__}.")
+
+    @staticmethod
+    def _dtype_name(dtype):
+        name = str(dtype).replace("torch.", "")
+        try:
+            return np.dtype(name).name
+        except TypeError:
+            return name
 
     # -- fitting -------------------------------------------------------------
     def _initialize(self, obs, rng):
@@ -252,52 +288,58 @@ class DeepMatrixCompleter:
         self
         """
         start = time.perf_counter()
-        obs = as_observations(M, mask)
+        backend = resolve_backend(M, self.backend, self.device)
+        obs, input_dtype = observed_triplets(M, mask)
         self._validate_params(obs.shape)
         if ground_truth is not None:
-            ground_truth = np.asarray(ground_truth)
-            if ground_truth.shape != obs.shape:
+            if tuple(ground_truth.shape if hasattr(ground_truth, "shape")
+                     else np.shape(ground_truth)) != obs.shape:
                 raise ValueError(
-                    f"ground_truth has shape {ground_truth.shape} but M has shape "
-                    f"{obs.shape}; pass the full matrix M is sampled from."
+                    f"ground_truth has shape {tuple(np.shape(to_numpy(ground_truth)))} but M has "
+                    f"shape {obs.shape}; pass the full matrix M is sampled from."
                 )
-            if not np.all(np.isfinite(ground_truth)):
-                raise ValueError("ground_truth must be finite everywhere (it is the full matrix).")
+        dtype_name = (self._dtype_name(self.dtype) if self.dtype is not None
+                      else input_dtype or self._dtype_name(backend.default_float()))
+        dtype = backend.float_dtype(dtype_name)
         rng = _rng(self.random_state)
-        dtype = obs.values.dtype
         factors, singular_values = self._initialize(obs, rng)
         p = obs.observed_fraction
-        scale = float(singular_values[0] / p) if self.normalize else 1.0
+        scale = float(singular_values[0] / p / _REFERENCE_SCALE) if self.normalize else 1.0
         if not scale > 0:
             raise ValueError("all observed values are zero: there is no signal to complete.")
-        if scale != 1.0:
-            obs = obs.astype(np.float64).scaled(1.0 / scale).astype(dtype)
+        obs = obs.astype(np.float64).scaled(1.0 / scale).astype(dtype_name)
         # C order: row gathers on the observed pattern are several times faster
         factors = models.DeepFactors.from_arrays(
-            [np.ascontiguousarray(a, dtype=dtype) for a in factors.arrays()])
+            [to_namespace(np.ascontiguousarray(a, dtype=dtype_name), backend)
+             for a in factors.arrays()])
         lr = (models.spectral_step_size(singular_values[0] / scale, p, self.depth)
               if self.lr == "auto" else float(self.lr))
         outer = self.gamma * lr if self.method == "compressed" else lr
         step_sizes = [outer] + [lr] * len(factors.inner) + [outer]
 
         if self.method == "original":
-            observed_mask = obs.mask().astype(dtype)
-            filled = np.zeros(obs.shape, dtype=dtype)
+            observed_mask = to_namespace(obs.mask().astype(dtype_name), backend)
+            filled = np.zeros(obs.shape, dtype=dtype_name)
             filled[obs.observed_rows, obs.observed_cols] = obs.values
+            filled = to_namespace(filled, backend)
 
             def loss_and_gradients(f):
                 return models.dense_loss_and_gradients(f, observed_mask, filled)
         else:
-            pattern = make_pattern(obs, dtype)
-            values = obs.values
+            pattern = make_pattern(obs, dtype, backend)
+            values = to_namespace(obs.values, backend)
 
             def loss_and_gradients(f):
                 return models.sparse_loss_and_gradients(f, pattern, values)
 
         error = None
         if ground_truth is not None:
+            truth = to_namespace(ground_truth, backend, dtype) / scale
+            if not bool(backend.xp.all(backend.xp.isfinite(truth))):
+                raise ValueError("ground_truth must be finite everywhere (it is the full matrix).")
+
             def error(f):
-                return recovery_error(scale * models.end_to_end(f), ground_truth)
+                return recovery_error(models.end_to_end(f), truth)
 
         result = gradient_descent(
             factors, loss_and_gradients, step_sizes, max_iter=self.max_iter, tol=self.tol,
@@ -306,6 +348,7 @@ class DeepMatrixCompleter:
             callback=None if self.callback is None else (lambda record, _: self.callback(record)),
         )
         self.shape_ = obs.shape
+        self.backend_ = backend
         self.scale_ = scale
         self.lr_ = lr
         self.initial_singular_values_ = np.asarray(singular_values)
@@ -329,38 +372,43 @@ class DeepMatrixCompleter:
         self._check_fitted()
         return models.DeepFactors(self.left_factor_, self.inner_factors_, self.right_factor_)
 
-    def get_low_rank_factors(self):
+    def get_low_rank_factors(self, *, as_numpy=False):
         """``(row_factors, column_factors)`` with ``X = row_factors @ column_factors.T``.
 
         ``row_factors`` is m x k and ``column_factors`` n x k (``k = 2 * rank``
         for the compressed and narrow models): the compact form of the
-        completed matrix for problems too large to hold densely.
+        completed matrix for problems too large to hold densely.  Arrays of
+        the fit's backend, or NumPy copies with ``as_numpy=True``.
         """
         f = self._factors()
         product = models.inner_product(f.inner)
-        return (f.left if product is None else f.left @ product), f.right
+        factors = (f.left if product is None else f.left @ product), f.right
+        return tuple(to_numpy(a) for a in factors) if as_numpy else factors
 
-    def transform(self):
-        """The completed dense m x n matrix."""
-        return models.end_to_end(self._factors())
+    def transform(self, *, as_numpy=False):
+        """The completed dense m x n matrix (backend array, or NumPy with ``as_numpy``)."""
+        X = models.end_to_end(self._factors())
+        return to_numpy(X) if as_numpy else X
 
     def fit_transform(self, M, mask=None, **fit_params):
         """``fit(M, mask, **fit_params).transform()``."""
         return self.fit(M, mask, **fit_params).transform()
 
-    def predict(self, rows, cols):
+    def predict(self, rows, cols, *, as_numpy=False):
         """Completed values at index pairs ``(rows[i], cols[i])``, without the dense matrix.
 
         Parameters
         ----------
         rows, cols : array-like of int, same length
+            NumPy arrays, lists or arrays of the fit's backend.
+        as_numpy : bool, default=False
 
         Returns
         -------
-        ndarray of shape (len(rows),)
+        array of shape (len(rows),), in the fit's backend (NumPy with ``as_numpy``)
         """
         self._check_fitted()
-        rows, cols = np.asarray(rows), np.asarray(cols)
+        rows, cols = to_numpy(rows), to_numpy(cols)
         if rows.shape != cols.shape or rows.ndim != 1:
             raise ValueError(f"rows and cols must be 1-D and equally long; got shapes {rows.shape} and {cols.shape}.")
         for name, index, size in (("rows", rows, self.shape_[0]), ("cols", cols, self.shape_[1])):
@@ -368,4 +416,8 @@ class DeepMatrixCompleter:
                 raise TypeError(f"{name} must hold integers; got dtype {index.dtype}.")
             if index.size and (index.min() < 0 or index.max() >= size):
                 raise ValueError(f"{name} must lie in [0, {size}); got values in [{index.min()}, {index.max()}].")
-        return models.predict_entries(self._factors(), rows.astype(np.int64), cols.astype(np.int64))
+        backend = self.backend_
+        values = models.predict_entries(
+            self._factors(), to_namespace(rows.astype(np.int64), backend),
+            to_namespace(cols.astype(np.int64), backend), backend.xp)
+        return to_numpy(values) if as_numpy else values
