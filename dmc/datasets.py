@@ -86,3 +86,194 @@ def make_low_rank(shape, rank, observed_fraction, *, noise=0.0, random_state=Non
         return M_true, mask
     M_noisy = np.where(mask, M_true + noise * rng.standard_normal((m, n)), np.nan)
     return M_true, mask, M_noisy
+
+
+# -- MovieLens 100K ------------------------------------------------------------
+
+import hashlib as _hashlib
+import os as _os
+import shutil as _shutil
+import tempfile as _tempfile
+import urllib.request as _urllib_request
+import zipfile as _zipfile
+from pathlib import Path as _Path
+from typing import NamedTuple as _NamedTuple
+
+__all__ += ["Ratings", "RatingsSplit", "load_movielens_100k", "fetch_movielens_100k"]
+
+MOVIELENS_100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
+#: SHA-256 of the official archive (4,924,029 bytes; GroupLens' MD5 is
+#: 0e33842e24a9c977be4e0107933c0723).  The data set is frozen since 1998.
+MOVIELENS_100K_SHA256 = "50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229"
+_MOVIELENS_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
+
+# the opener fetch_movielens_100k uses; tests replace it with a fake
+_urlopen = _urllib_request.urlopen
+
+
+class Ratings(_NamedTuple):
+    """Rating triplets with the data set's own (here 1-based) ids."""
+
+    users: np.ndarray  # int64, shape (n,)
+    items: np.ndarray  # int64, shape (n,)
+    ratings: np.ndarray  # float64, shape (n,)
+
+
+class RatingsSplit(_NamedTuple):
+    """A train/test split of a ratings data set.
+
+    Attributes
+    ----------
+    train, test : Ratings
+        ``(users, items, ratings)`` arrays, ids as in the files (1-based).
+    shape : tuple of int
+        ``(n_users, n_items)``: the largest user and item id in either file
+        (943 x 1682 for MovieLens 100K), so ``users - 1`` and ``items - 1``
+        index the rows and columns of the rating matrix.
+    """
+
+    train: Ratings
+    test: Ratings
+    shape: tuple
+
+
+def _read_ratings_file(path) -> Ratings:
+    try:
+        table = np.loadtxt(path, dtype=np.int64, delimiter="\t", ndmin=2)
+    except ValueError as error:
+        raise ValueError(
+            f"{path} is not a GroupLens ratings file (tab-separated "
+            f"'user item rating timestamp' integers): {error}") from None
+    if table.shape[1] != 4 or table.shape[0] == 0:
+        raise ValueError(
+            f"{path} must hold rows of 4 tab-separated integers "
+            f"'user item rating timestamp'; got shape {table.shape}.")
+    if table[:, :2].min() < 1:
+        raise ValueError(f"{path} holds a user or item id < 1; GroupLens ids are 1-based.")
+    return Ratings(table[:, 0].copy(), table[:, 1].copy(), table[:, 2].astype(np.float64))
+
+
+def load_movielens_100k(path, split="u1") -> RatingsSplit:
+    """Read one of the official MovieLens 100K train/test splits.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Directory holding GroupLens' ``uK.base`` / ``uK.test`` files (the
+        ``ml-100k`` folder of the official archive; see
+        :func:`fetch_movielens_100k`).
+    split : {"u1", "u2", "u3", "u4", "u5", "ua", "ub"}, default="u1"
+        ``u1`` .. ``u5`` are the five disjoint 80/20 folds; ``ua``/``ub``
+        hold out exactly 10 ratings per user.
+
+    Returns
+    -------
+    RatingsSplit
+        ``train`` and ``test`` as :class:`Ratings` ``(users, items,
+        ratings)`` with the files' 1-based ids, and ``shape``.
+
+    Raises
+    ------
+    ValueError
+        Unknown split name or malformed file.
+    FileNotFoundError
+        ``path`` is not a directory or lacks the split's files.
+
+    Examples
+    --------
+    >>> data = load_movielens_100k("ml-100k", split="u1")   # doctest: +SKIP
+    >>> data.train.ratings.size, data.test.ratings.size, data.shape  # doctest: +SKIP
+    (80000, 20000, (943, 1682))
+    """
+    if split not in _MOVIELENS_SPLITS:
+        raise ValueError(f"split must be one of {_MOVIELENS_SPLITS}; got {split!r}.")
+    directory = _Path(path)
+    if not directory.is_dir():
+        raise FileNotFoundError(
+            f"{directory} is not a directory; pass the ml-100k folder of the GroupLens "
+            "archive (fetch_movielens_100k() downloads it).")
+    files = [directory / f"{split}.base", directory / f"{split}.test"]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{directory} lacks {', '.join(missing)}; it should be the ml-100k folder of "
+            "the GroupLens archive (fetch_movielens_100k() downloads it).")
+    train, test = (_read_ratings_file(f) for f in files)
+    shape = (int(max(train.users.max(), test.users.max())),
+             int(max(train.items.max(), test.items.max())))
+    return RatingsSplit(train, test, shape)
+
+
+def _data_home(data_home=None) -> _Path:
+    if data_home is None:
+        data_home = _os.environ.get("DMC_DATA") or _Path.home() / ".dmc_data"
+    return _Path(data_home).expanduser()
+
+
+def _sha256(path) -> str:
+    digest = _hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch_movielens_100k(data_home=None, *, url=MOVIELENS_100K_URL,
+                         sha256=MOVIELENS_100K_SHA256) -> _Path:
+    """Download and unpack MovieLens 100K once; return the ``ml-100k`` folder.
+
+    **Needs the network** on the first call (about 5 MB from GroupLens); later
+    calls use the cache and do not connect.  The archive is checked against
+    its SHA-256 before anything is unpacked, and a mismatch deletes it and
+    raises.  Pass the returned folder to :func:`load_movielens_100k`.
+    MovieLens is for research use under GroupLens' licence (see its README);
+    do not redistribute it.
+
+    Parameters
+    ----------
+    data_home : str or path-like, optional
+        Cache directory.  Default: ``$DMC_DATA`` if set, else ``~/.dmc_data``.
+    url, sha256 : str
+        Archive location and its expected SHA-256 (defaults: the official
+        GroupLens archive).
+
+    Returns
+    -------
+    pathlib.Path
+        ``data_home / "ml-100k"``.
+
+    Raises
+    ------
+    ValueError
+        The downloaded (or cached) archive does not match ``sha256``.
+    """
+    home = _data_home(data_home)
+    target = home / "ml-100k"
+    archive = home / "ml-100k.zip"
+    if (target / "u1.base").is_file() and (target / "u1.test").is_file():
+        return target
+    home.mkdir(parents=True, exist_ok=True)
+    if archive.is_file() and _sha256(archive) != sha256:
+        archive.unlink()  # a stale or partial download: fetch it again
+    if not archive.is_file():
+        fd, partial = _tempfile.mkstemp(dir=home, prefix="ml-100k.", suffix=".part")
+        try:
+            with _os.fdopen(fd, "wb") as out, _urlopen(url, timeout=60) as response:
+                _shutil.copyfileobj(response, out)
+            got = _sha256(partial)
+            if got != sha256:
+                raise ValueError(
+                    f"the archive downloaded from {url} has SHA-256 {got}, expected "
+                    f"{sha256}; it was deleted. Retry, or download it by hand into {home}.")
+            _os.replace(partial, archive)
+        finally:
+            if _os.path.exists(partial):
+                _os.unlink(partial)
+    with _zipfile.ZipFile(archive) as zf:
+        for member in zf.namelist():  # refuse paths that leave data_home
+            if member.startswith(("/", "\\")) or ".." in _Path(member).parts:
+                raise ValueError(f"unsafe path {member!r} in {archive}.")
+        zf.extractall(home)
+    if not (target / "u1.base").is_file():
+        raise ValueError(f"{archive} did not contain ml-100k/u1.base; is it the MovieLens 100K archive?")
+    return target
