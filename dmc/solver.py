@@ -55,6 +55,9 @@ def _as_float(x) -> float:
     return float(x.item() if hasattr(x, "item") else x)
 
 
+# Overflow between records is reported as a DivergenceError with advice at the
+# next record, not as NumPy RuntimeWarnings from deep inside a step.
+@np.errstate(over="ignore", invalid="ignore")
 def gradient_descent(
     factors,
     loss_and_gradients,
