@@ -13,8 +13,7 @@ import numba
 import numpy as np
 
 
-@numba.njit(parallel=True, cache=True)
-def sample(indptr, cols, A, B, out):
+def _sample(indptr, cols, A, B, out):
     """``out = (A @ B.T)[Omega]`` in CSR order."""
     m, k = A.shape
     for i in numba.prange(m):
@@ -26,8 +25,7 @@ def sample(indptr, cols, A, B, out):
             out[e] = s
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True)
-def fused_products(chunk_rows, indptr, cols, values, A, B, residual, row_out, col_parts):
+def _fused_products(chunk_rows, indptr, cols, values, A, B, residual, row_out, col_parts):
     """One pass: residual, ``row_out = R @ B`` and per-chunk parts of ``R.T @ A``.
 
     Rows are split into ``len(chunk_rows) - 1`` contiguous chunks, one per
@@ -58,3 +56,12 @@ def fused_products(chunk_rows, indptr, cols, values, A, B, residual, row_out, co
                     part[j, c] += r * A[i, c]
         losses[t] = loss
     return 0.5 * losses.sum()
+
+
+# Each kernel compiled twice: threaded for large patterns, serial for small
+# ones, where starting threads costs more than the work (and threads that
+# find no free core spin instead of working).
+sample = numba.njit(parallel=True, cache=True)(_sample)
+sample_serial = numba.njit(cache=True)(_sample)
+fused_products = numba.njit(parallel=True, fastmath=True, cache=True)(_fused_products)
+fused_products_serial = numba.njit(fastmath=True, cache=True)(_fused_products)

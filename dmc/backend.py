@@ -357,19 +357,24 @@ class NumbaPattern:
 
     Rows are split into one contiguous chunk per thread, balanced by the
     number of observed entries; each chunk accumulates its own part of
-    ``R.T @ A`` and the parts are summed (k-wide, cheap).
+    ``R.T @ A`` and the parts are summed (k-wide, cheap).  Patterns with
+    fewer than ``parallel_threshold`` entries use the serial kernels.
     """
 
+    parallel_threshold = 100_000
+
     def __init__(self, obs: Observations, dtype):
-        from . import _numba_kernels
+        from . import _numba_kernels as kernels
 
         import numba
 
-        self._kernels = _numba_kernels
+        threaded = obs.n_observed >= self.parallel_threshold and numba.get_num_threads() > 1
+        self._sample = kernels.sample if threaded else kernels.sample_serial
+        self._fused = kernels.fused_products if threaded else kernels.fused_products_serial
         self.shape = obs.shape
         self.indptr = obs.row_pointers
         self.cols = obs.observed_cols.astype(np.int64)
-        n_chunks = max(1, min(numba.get_num_threads(), obs.shape[0]))
+        n_chunks = max(1, min(numba.get_num_threads(), obs.shape[0])) if threaded else 1
         targets = np.linspace(0, obs.n_observed, n_chunks + 1)
         chunk_rows = np.searchsorted(self.indptr, targets, side="left")
         chunk_rows[0], chunk_rows[-1] = 0, obs.shape[0]
@@ -389,13 +394,13 @@ class NumbaPattern:
 
     def sample(self, A, B):
         out = np.empty(self.cols.shape[0], np.result_type(A, B))
-        self._kernels.sample(self.indptr, self.cols, np.ascontiguousarray(A),
+        self._sample(self.indptr, self.cols, np.ascontiguousarray(A),
                              np.ascontiguousarray(B), out)
         return out
 
     def residual_products(self, A, B, values):
         residual, row_out, col_parts = self._step_buffers(A.shape[1], np.result_type(A, B))
-        loss = self._kernels.fused_products(
+        loss = self._fused(
             self.chunk_rows, self.indptr, self.cols, values, np.ascontiguousarray(A),
             np.ascontiguousarray(B), residual, row_out, col_parts)
         col_out = col_parts[0].copy() if col_parts.shape[0] == 1 else col_parts.sum(axis=0)
