@@ -51,6 +51,8 @@ __all__ = [
     "predict_entries",
     "sparse_loss_and_gradients",
     "dense_loss_and_gradients",
+    "assemble_gradients",
+    "spectral_step_size",
 ]
 
 
@@ -136,7 +138,7 @@ def predict_entries(factors: DeepFactors, rows, cols, xp=np):
     return xp.sum(xp.take(A, rows, axis=0) * xp.take(factors.right, cols, axis=0), axis=1)
 
 
-def _assemble_gradients(factors, product, residual_times_right, grad_right):
+def assemble_gradients(factors, product, residual_times_right, grad_right):
     """Gradients of all factors from ``R @ right`` and ``R.T @ A``."""
     inner = factors.inner
     if product is None:
@@ -177,7 +179,7 @@ def sparse_loss_and_gradients(factors: DeepFactors, pattern, values):
     product = inner_product(factors.inner)
     A = _row_factors(factors, product)
     loss, residual_times_right, grad_right = pattern.residual_products(A, factors.right, values)
-    return loss, _assemble_gradients(factors, product, residual_times_right, grad_right)
+    return loss, assemble_gradients(factors, product, residual_times_right, grad_right)
 
 
 def dense_loss_and_gradients(factors: DeepFactors, mask, filled_values):
@@ -190,7 +192,7 @@ def dense_loss_and_gradients(factors: DeepFactors, mask, filled_values):
     A = _row_factors(factors, product)
     residual = mask * (A @ factors.right.T - filled_values)
     loss = 0.5 * (residual * residual).sum()
-    return loss, _assemble_gradients(factors, product, residual @ factors.right,
+    return loss, assemble_gradients(factors, product, residual @ factors.right,
                                      residual.T @ A)
 
 
