@@ -132,8 +132,18 @@ def main(argv=None):
     print("large sparse problem")
     large = large_sparse(args.quick)
     info = C.machine_info(["numba", "scipy"])
-    C.write_json(out.json, dict(machine=info, reference=reference, cost_ratio=ratios,
-                                large=large, wall_seconds=time.time() - started))
+    C.write_json(out.json, dict(benchmark="core", quick=args.quick, machine=info,
+                                reference=reference, cost_ratio=ratios, large=large,
+                                wall_seconds=time.time() - started))
+    from dmc import plotting
+
+    C.save_figure(plotting.plot_histories(
+        [(f"{r['setting']}, {r['kernels']}", r["history"]) for r in reference["runs"]],
+        title="reference problem, compressed"), out.figure("reference"))
+    C.save_figure(plotting.plot_loglog(
+        {"original": ([r["d"] for r in ratios], [r["original_step"] for r in ratios]),
+         "compressed": ([r["d"] for r in ratios], [r["compressed_step"] for r in ratios])},
+        xlabel="d = m = n", ylabel="seconds per step", title="per-step cost"), out.figure("cost"))
     if out.readme is not None:
         lines = [f"Machine: {C.machine_line(info)}", "",
                  f"**Reference problem** ({reference['shape'][0]} x {reference['shape'][1]}, "
@@ -155,6 +165,8 @@ def main(argv=None):
                   f"{large['step'] * 1e3:.1f} ms per step (target < 50 ms), initialization "
                   f"{large['init']:.1f} s, peak RSS {large['peak_rss_mib']:.0f} MiB "
                   f"({large['input_rss_mib']:.0f} MiB after building the input)."]
+        lines += ["", f"![reference problem]({out.rel(out.figure('reference'))}) "
+                  f"![per-step cost]({out.rel(out.figure('cost'))})"]
         C.replace_readme_section("core", "\n".join(lines), out.readme)
 
 

@@ -1,0 +1,190 @@
+"""Peer completion methods for the benchmarks, behind one interface.
+
+Each ``run_*`` function takes ``(M_obs, mask, M_true, rank, cap_s, target)``
+with ``M_obs`` dense (only entries under ``mask`` are read) and returns a
+dict: ``error`` (final recovery error), ``time`` (s), ``history`` (lists
+``iteration``, ``time``, ``recovery_error`` where the method exposes
+iterations) and ``available``/``reason`` when the package is missing.
+
+Implemented in benchmarks (not part of dmc):
+- ``bm_gd``: Burer-Monteiro factored gradient descent ``X = L R^T`` with
+  spectral initialization and the balancing term ``1/8 ||L^T L - R^T R||_F^2``
+  (Chen & Chi 2018; Ma et al. 2018).
+- ``scaled_gd``: ScaledGD (Tong, Ma, Chi, JMLR 2021): the same loss, steps
+  preconditioned by ``(R^T R)^-1`` and ``(L^T L)^-1`` (damped by ``1e-10 *
+  sigma_1`` so that an overestimated rank stays well defined).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+
+def _rel_error(X, M_true):
+    return float(np.linalg.norm(X - M_true) / np.linalg.norm(M_true))
+
+
+def _unavailable(reason):
+    return dict(available=False, reason=reason, error=None, time=None, history=None)
+
+
+def versions():
+    out = {}
+    for name in ("fancyimpute", "cmfrec", "sklearn"):
+        try:
+            module = __import__(name)
+            out[name] = getattr(module, "__version__", None)
+            if out[name] is None:
+                from importlib.metadata import version
+                out[name] = version(name)
+        except Exception as exc:  # noqa: BLE001
+            out[name] = f"unavailable: {type(exc).__name__}: {exc}"
+    return out
+
+
+# -- factored gradient methods (implemented here) ------------------------------
+def _factored(M_obs, mask, M_true, rank, cap_s, target, scaled, max_iter=20000, record_every=10):
+    start = time.perf_counter()
+    m, n = M_obs.shape
+    rows, cols = np.nonzero(mask)  # row-major order = CSR order
+    values = M_obs[rows, cols].astype(np.float64)
+    p = len(values) / (m * n)
+    pattern = sp.csr_matrix((np.ones_like(values), (rows, cols)), shape=(m, n))
+    Y = sp.csr_matrix((values / p, (rows, cols)), shape=(m, n))
+    u, s, vt = spla.svds(Y, k=rank, v0=np.random.default_rng(0).standard_normal(min(m, n)))
+    L = u * np.sqrt(s)
+    R = vt.T * np.sqrt(s)
+    sigma1 = float(s.max())
+    eta = 0.5 if scaled else 0.5 / sigma1
+    damping = 1e-10 * sigma1
+    history = {"iteration": [], "time": [], "recovery_error": []}
+    it = 0
+    while True:
+        if it % record_every == 0:
+            err = _rel_error(L @ R.T, M_true) if M_true is not None else np.nan
+            history["iteration"].append(it)
+            history["time"].append(time.perf_counter() - start)
+            history["recovery_error"].append(err)
+            if err <= target or not np.isfinite(err) or err > 1e6 or history["time"][-1] > cap_s or it >= max_iter:
+                break
+        pred = np.einsum("ij,ij->i", L[rows], R[cols])
+        pattern.data = (pred - values) / p
+        GR, GtL = pattern @ R, pattern.T @ L
+        if scaled:
+            k = L.shape[1]
+            L_new = L - eta * np.linalg.solve(R.T @ R + damping * np.eye(k), GR.T).T
+            R = R - eta * np.linalg.solve(L.T @ L + damping * np.eye(k), GtL.T).T
+            L = L_new
+        else:
+            B = L.T @ L - R.T @ R
+            L, R = L - eta * (GR + 0.5 * L @ B), R - eta * (GtL - 0.5 * R @ B)
+        it += 1
+    return dict(available=True, error=history["recovery_error"][-1], time=history["time"][-1],
+                iterations=it, history=history)
+
+
+def run_bm_gd(M_obs, mask, M_true, rank, cap_s=30.0, target=1e-6):
+    return _factored(M_obs, mask, M_true, rank, cap_s, target, scaled=False)
+
+
+def run_scaled_gd(M_obs, mask, M_true, rank, cap_s=30.0, target=1e-6):
+    return _factored(M_obs, mask, M_true, rank, cap_s, target, scaled=True)
+
+
+# -- fancyimpute ------------------------------------------------------------------
+def _fancy(cls_name, M_obs, mask, M_true, cap_s, **params):
+    try:
+        import fancyimpute
+    except Exception as exc:  # noqa: BLE001
+        return _unavailable(f"fancyimpute not importable here ({type(exc).__name__}: {exc})")
+    base = getattr(fancyimpute, cls_name)
+    history = {"iteration": [], "time": [], "recovery_error": []}
+    state = {"start": None}
+
+    class Recorded(base):
+        def _converged(self, X_old, X_new, missing_mask):
+            history["iteration"].append(len(history["iteration"]) + 1)
+            history["time"].append(time.perf_counter() - state["start"])
+            history["recovery_error"].append(_rel_error(X_new, M_true))
+            done = super()._converged(X_old, X_new, missing_mask)
+            return done or history["time"][-1] > cap_s
+
+    X = np.where(mask, M_obs, np.nan)
+    state["start"] = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        filled = Recorded(verbose=False, **params).fit_transform(X)
+    elapsed = time.perf_counter() - state["start"]
+    return dict(available=True, error=_rel_error(filled, M_true), time=elapsed,
+                iterations=len(history["iteration"]), history=history, params=params)
+
+
+def run_softimpute(M_obs, mask, M_true, rank, cap_s=30.0, target=None):
+    """fancyimpute SoftImpute, default shrinkage (sigma_max / 50), rank cap ``rank``."""
+    return _fancy("SoftImpute", M_obs, mask, M_true, cap_s, max_rank=rank, max_iters=500,
+                  convergence_threshold=1e-9)
+
+
+def run_iterative_svd(M_obs, mask, M_true, rank, cap_s=30.0, target=None):
+    """fancyimpute IterativeSVD (hard rank ``rank``)."""
+    return _fancy("IterativeSVD", M_obs, mask, M_true, cap_s, rank=rank, max_iters=500,
+                  convergence_threshold=1e-9)
+
+
+# -- cmfrec -------------------------------------------------------------------------
+def run_cmfrec(M_obs, mask, M_true, rank, cap_s=30.0, target=None):
+    """cmfrec CMF (ALS), no biases, no centering, ridge 0.1, 1 thread."""
+    try:
+        import cmfrec
+    except Exception as exc:  # noqa: BLE001
+        return _unavailable(f"cmfrec not importable here ({type(exc).__name__}: {exc})")
+    try:
+        import pandas as pd
+    except Exception as exc:  # noqa: BLE001
+        return _unavailable(f"pandas (for cmfrec input) not importable ({type(exc).__name__}: {exc})")
+    rows, cols = np.nonzero(mask)
+    frame = pd.DataFrame({"UserId": rows, "ItemId": cols, "Rating": M_obs[rows, cols]})
+    params = dict(k=rank, lambda_=0.1, method="als", niter=50, use_cg=False, user_bias=False,
+                  item_bias=False, center=False, nthreads=1, verbose=False, random_state=0)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = cmfrec.CMF(**params).fit(frame)
+    elapsed = time.perf_counter() - start
+    R, C = np.meshgrid(np.arange(M_obs.shape[0]), np.arange(M_obs.shape[1]), indexing="ij")
+    X = model.predict(R.ravel(), C.ravel()).reshape(M_obs.shape)
+    return dict(available=True, error=_rel_error(X, M_true), time=elapsed, history=None,
+                params={k: v for k, v in params.items() if k != "verbose"},
+                note="lambda_=0.1 (smaller ridges made ALS unstable on these problems)")
+
+
+# -- scikit-learn ------------------------------------------------------------------
+def run_iterative_imputer(M_obs, mask, M_true, rank=None, cap_s=30.0, target=None):
+    """scikit-learn IterativeImputer (BayesianRidge per column); small sizes only."""
+    try:
+        from sklearn.experimental import enable_iterative_imputer  # noqa: F401
+        from sklearn.impute import IterativeImputer
+    except Exception as exc:  # noqa: BLE001
+        return _unavailable(f"scikit-learn IterativeImputer not importable ({type(exc).__name__}: {exc})")
+    X = np.where(mask, M_obs, np.nan)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        filled = IterativeImputer(max_iter=10, random_state=0).fit_transform(X)
+    return dict(available=True, error=_rel_error(filled, M_true), time=time.perf_counter() - start,
+                history=None, params=dict(max_iter=10))
+
+
+PEERS = {
+    "BM-GD (spectral init; implemented in benchmarks)": run_bm_gd,
+    "ScaledGD (Tong-Ma-Chi; implemented in benchmarks)": run_scaled_gd,
+    "fancyimpute SoftImpute": run_softimpute,
+    "fancyimpute IterativeSVD": run_iterative_svd,
+    "cmfrec CMF (ALS)": run_cmfrec,
+    "sklearn IterativeImputer": run_iterative_imputer,
+}
