@@ -148,7 +148,7 @@ class DeepMatrixCompleter:
         @ right_factor_.T``.
     history_ : dict of 1-D ndarrays
         ``iteration``, ``time`` (seconds since fit started, initialization
-        included), ``train_loss`` (in the units of M) and, with ``ground_truth``,
+        included, recovery-error evaluation excluded), ``train_loss`` (in the units of M) and, with ``ground_truth``,
         ``recovery_error``.
     n_iter_ : int
         Gradient steps taken.
