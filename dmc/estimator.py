@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
-import numbers
 import time
 
 import numpy as np
 
 from . import models, subspace
+from ._base import ParamsMixin, is_int, is_real
 from .backend import make_pattern, observed_triplets, resolve_backend, to_namespace, to_numpy
 from .datasets import _rng
 from .metrics import recovery_error
@@ -28,12 +27,6 @@ _DTYPES = ("float32", "float64")
 _REFERENCE_SCALE = 10.0
 
 
-def _is_int(x):
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
-def _is_real(x):
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 def _rescaled(factors, scale):
@@ -48,7 +41,7 @@ def _rescaled(factors, scale):
     return factors
 
 
-class DeepMatrixCompleter:
+class DeepMatrixCompleter(ParamsMixin):
     """Matrix completion by a deep factorization trained with gradient descent.
 
     The default ``method="compressed"`` trains ``X = U Wt_L ... Wt_1 V^T``
@@ -187,63 +180,38 @@ class DeepMatrixCompleter:
         self.dtype = dtype
         self.random_state = random_state
 
-    # -- scikit-learn parameter protocol -------------------------------------
-    @classmethod
-    def _param_names(cls):
-        signature = inspect.signature(cls.__init__)
-        return [p for p in signature.parameters if p != "self"]
-
-    def get_params(self, deep=True):
-        """Parameters of this estimator, as a dict."""
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def set_params(self, **params):
-        """Set parameters; returns self."""
-        valid = self._param_names()
-        for name, value in params.items():
-            if name not in valid:
-                raise ValueError(f"invalid parameter {name!r}; valid ones are {valid}.")
-            setattr(self, name, value)
-        return self
-
-    def __repr__(self):
-        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
-        changed = [f"{k}={v!r}" for k, v in self.get_params().items()
-                   if not (v is defaults[k] or (isinstance(v, (int, float, str)) and v == defaults[k]))]
-        return f"{type(self).__name__}({', '.join(changed)})"
-
     # -- validation ----------------------------------------------------------
     def _validate_params(self, shape):
         m, n = shape
-        if not _is_int(self.rank) or self.rank < 1:
+        if not is_int(self.rank) or self.rank < 1:
             raise ValueError(f"rank must be a positive integer; got {self.rank!r}.")
         if 2 * self.rank > min(m, n):
             raise ValueError(
                 f"rank={self.rank} is too large for a {m} x {n} matrix: the model "
                 f"width 2 * rank must be <= min(m, n) = {min(m, n)}. Use rank <= {min(m, n) // 2}."
             )
-        if not _is_int(self.depth) or self.depth < 2:
+        if not is_int(self.depth) or self.depth < 2:
             raise ValueError(f"depth must be an integer >= 2; got {self.depth!r}.")
         if self.method not in _METHODS:
             raise ValueError(f"method must be one of {_METHODS}; got {self.method!r}.")
-        if not _is_real(self.init_scale) or not self.init_scale > 0 or not np.isfinite(self.init_scale):
+        if not is_real(self.init_scale) or not self.init_scale > 0 or not np.isfinite(self.init_scale):
             raise ValueError(f"init_scale must be a positive finite number; got {self.init_scale!r}.")
         if isinstance(self.lr, str):
             if self.lr != "auto":
                 raise ValueError(f'lr must be "auto" or a positive number; got {self.lr!r}.')
-        elif not _is_real(self.lr) or not self.lr > 0 or not np.isfinite(self.lr):
+        elif not is_real(self.lr) or not self.lr > 0 or not np.isfinite(self.lr):
             raise ValueError(f'lr must be "auto" or a positive number; got {self.lr!r}.')
-        if not _is_real(self.gamma) or not self.gamma >= 0 or not np.isfinite(self.gamma):
+        if not is_real(self.gamma) or not self.gamma >= 0 or not np.isfinite(self.gamma):
             raise ValueError(f"gamma must be a number >= 0; got {self.gamma!r}.")
         if not isinstance(self.normalize, (bool, np.bool_)):
             raise TypeError(f"normalize must be True or False; got {self.normalize!r}.")
-        if self.width is not None and (not _is_int(self.width) or self.width < 1):
+        if self.width is not None and (not is_int(self.width) or self.width < 1):
             raise ValueError(f"width must be None or a positive integer; got {self.width!r}.")
-        if not _is_int(self.max_iter) or self.max_iter < 1:
+        if not is_int(self.max_iter) or self.max_iter < 1:
             raise ValueError(f"max_iter must be a positive integer; got {self.max_iter!r}.")
-        if not _is_real(self.tol) or not self.tol >= 0:
+        if not is_real(self.tol) or not self.tol >= 0:
             raise ValueError(f"tol must be a number >= 0; got {self.tol!r}.")
-        if not _is_int(self.record_every) or self.record_every < 1:
+        if not is_int(self.record_every) or self.record_every < 1:
             raise ValueError(f"record_every must be a positive integer; got {self.record_every!r}.")
         if self.dtype is not None and self._dtype_name(self.dtype) not in _DTYPES:
             raise ValueError(f'dtype must be None, "float32" or "float64"; got {self.dtype!r}.')

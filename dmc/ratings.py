@@ -34,14 +34,13 @@ Measured effects on MovieLens 100K are in ``benchmarks/README.md``
 
 from __future__ import annotations
 
-import inspect
-import numbers
 import time
 import warnings
 
 import numpy as np
 
 from . import models, subspace
+from ._base import ParamsMixin, is_int, is_real
 from .backend import make_pattern
 from .datasets import _rng
 from .observations import Observations
@@ -50,12 +49,6 @@ from .solver import ConvergenceWarning, gradient_descent
 __all__ = ["RatingsCompleter"]
 
 
-def _is_int(x):
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
-def _is_real(x):
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 class _BiasedFactors:
@@ -119,7 +112,7 @@ def _triplets(X, y, items, ratings):
     return X, items, ratings
 
 
-class RatingsCompleter:
+class RatingsCompleter(ParamsMixin):
     """Deep matrix completion for (user, item, rating) data with raw ids.
 
     The ratings matrix is modelled as ``mu + b_u + b_i + X`` with ``X`` the
@@ -256,51 +249,27 @@ class RatingsCompleter:
         self.verbose = verbose
         self.random_state = random_state
 
-    # -- scikit-learn parameter protocol -------------------------------------
-    @classmethod
-    def _param_names(cls):
-        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-
-    def get_params(self, deep=True):
-        """Parameters of this estimator, as a dict."""
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def set_params(self, **params):
-        """Set parameters; returns self."""
-        valid = self._param_names()
-        for name, value in params.items():
-            if name not in valid:
-                raise ValueError(f"invalid parameter {name!r}; valid ones are {valid}.")
-            setattr(self, name, value)
-        return self
-
-    def __repr__(self):
-        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
-        changed = [f"{k}={v!r}" for k, v in self.get_params().items()
-                   if not (v is defaults[k] or (isinstance(v, (int, float, str)) and v == defaults[k]))]
-        return f"{type(self).__name__}({', '.join(changed)})"
-
     # -- validation ----------------------------------------------------------
     def _validate_params(self):
         for name in ("rank", "depth", "max_iter", "record_every", "n_iter_no_change"):
             value = getattr(self, name)
             least = 2 if name == "depth" else 1
-            if not _is_int(value) or value < least:
+            if not is_int(value) or value < least:
                 raise ValueError(f"{name} must be an integer >= {least}; got {value!r}.")
-        if not _is_int(self.bias_warmup) or self.bias_warmup < 0:
+        if not is_int(self.bias_warmup) or self.bias_warmup < 0:
             raise ValueError(f"bias_warmup must be an integer >= 0; got {self.bias_warmup!r}.")
         for name in ("init_scale", "lr_multiplier", "bias_lr"):
             value = getattr(self, name)
-            if not _is_real(value) or not value > 0 or not np.isfinite(value):
+            if not is_real(value) or not value > 0 or not np.isfinite(value):
                 raise ValueError(f"{name} must be a positive finite number; got {value!r}.")
         for name in ("gamma", "bias_penalty", "weight_decay"):
             value = getattr(self, name)
-            if not _is_real(value) or not value >= 0 or not np.isfinite(value):
+            if not is_real(value) or not value >= 0 or not np.isfinite(value):
                 raise ValueError(f"{name} must be a finite number >= 0; got {value!r}.")
         if isinstance(self.lr, str) and self.lr != "auto" or (
-                not isinstance(self.lr, str) and (not _is_real(self.lr) or not self.lr > 0)):
+                not isinstance(self.lr, str) and (not is_real(self.lr) or not self.lr > 0)):
             raise ValueError(f'lr must be "auto" or a positive number; got {self.lr!r}.')
-        if not _is_real(self.validation_fraction) or not 0 <= self.validation_fraction < 1:
+        if not is_real(self.validation_fraction) or not 0 <= self.validation_fraction < 1:
             raise ValueError(
                 f"validation_fraction must be in [0, 1); got {self.validation_fraction!r}.")
         for name in ("biases", "clip", "refit", "verbose"):
@@ -572,7 +541,7 @@ class RatingsCompleter:
             ``k`` unrated items the remaining slots hold score ``-inf``.
         """
         self._check_fitted()
-        if not _is_int(k) or k < 1:
+        if not is_int(k) or k < 1:
             raise ValueError(f"k must be a positive integer; got {k!r}.")
         single = np.ndim(user) == 0
         users = _as_1d("user", user)
