@@ -9,6 +9,8 @@ memory-bound passes over |Omega| x k arrays).
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 
@@ -58,10 +60,52 @@ def _fused_products(chunk_rows, indptr, cols, values, A, B, residual, row_out, c
     return 0.5 * losses.sum()
 
 
-# Each kernel compiled twice: threaded for large patterns, serial for small
-# ones, where starting threads costs more than the work (and threads that
-# find no free core spin instead of working).
+# Serial versions for small patterns, where starting threads costs more than
+# the work (and threads that find no free core spin instead of working); the
+# threaded fused kernel is compiled per width below.
 sample = numba.njit(parallel=True, cache=True)(_sample)
 sample_serial = numba.njit(cache=True)(_sample)
-fused_products = numba.njit(parallel=True, fastmath=True, cache=True)(_fused_products)
 fused_products_serial = numba.njit(fastmath=True, cache=True)(_fused_products)
+
+
+@functools.lru_cache(maxsize=None)
+def threaded_fused_products(width):
+    """``fused_products`` compiled for one width k, threaded, for large patterns.
+
+    With k a compile-time constant LLVM unrolls and vectorizes the k-loops
+    and keeps the row accumulator out of aliasing trouble: about 2x faster
+    than the generic kernel at 1000 x 1000, 20% observed, k = 10 (2.6 ms
+    against 6.1 ms per call on two threads).  Compiled on first use of each
+    width (about a second), so only patterns large enough to amortize it
+    use this.
+    """
+
+    def kernel(chunk_rows, indptr, cols, values, A, B, residual, row_out, col_parts):
+        n_chunks = chunk_rows.shape[0] - 1
+        losses = np.zeros(n_chunks)
+        for t in numba.prange(n_chunks):
+            part = col_parts[t]
+            part[:, :] = 0.0
+            loss = 0.0
+            row_sum = np.empty(width)
+            for i in range(chunk_rows[t], chunk_rows[t + 1]):
+                row_sum[:] = 0.0
+                a = A[i]
+                for e in range(indptr[i], indptr[i + 1]):
+                    j = cols[e]
+                    b = B[j]
+                    s = 0.0
+                    for c in range(width):
+                        s += a[c] * b[c]
+                    r = s - values[e]
+                    residual[e] = r
+                    loss += r * r
+                    p = part[j]
+                    for c in range(width):
+                        row_sum[c] += r * b[c]
+                        p[c] += r * a[c]
+                row_out[i, :] = row_sum
+            losses[t] = loss
+        return 0.5 * losses.sum()
+
+    return numba.njit(parallel=True, fastmath=True, boundscheck=False)(kernel)

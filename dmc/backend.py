@@ -368,9 +368,10 @@ class NumbaPattern:
 
         import numba
 
+        self._kernels = kernels
         threaded = obs.n_observed >= self.parallel_threshold and numba.get_num_threads() > 1
         self._sample = kernels.sample if threaded else kernels.sample_serial
-        self._fused = kernels.fused_products if threaded else kernels.fused_products_serial
+        self._threaded = threaded
         self.shape = obs.shape
         self.indptr = obs.row_pointers
         self.cols = obs.observed_cols.astype(np.int64)
@@ -400,7 +401,10 @@ class NumbaPattern:
 
     def residual_products(self, A, B, values):
         residual, row_out, col_parts = self._step_buffers(A.shape[1], np.result_type(A, B))
-        loss = self._fused(
+        kernels = self._kernels
+        fused = (kernels.threaded_fused_products(A.shape[1]) if self._threaded
+                 else kernels.fused_products_serial)
+        loss = fused(
             self.chunk_rows, self.indptr, self.cols, values, np.ascontiguousarray(A),
             np.ascontiguousarray(B), residual, row_out, col_parts)
         col_out = col_parts[0].copy() if col_parts.shape[0] == 1 else col_parts.sum(axis=0)

@@ -176,6 +176,26 @@ def test_numba_and_scipy_kernels_agree(problem):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.skipif(not numba_available(), reason="numba not installed: pip install 'dmc[fast]'")
+@pytest.mark.parametrize("width", [1, 7, 20])
+def test_threaded_numba_kernel_matches_scipy(problem, monkeypatch, width):
+    from dmc.backend import NumbaPattern
+
+    monkeypatch.setattr(NumbaPattern, "parallel_threshold", 0)  # force the threaded, width-specialized kernel
+    M, mask = problem
+    obs = as_observations(M, mask)
+    rng = np.random.default_rng(width)
+    A, B = rng.standard_normal((60, width)), rng.standard_normal((50, width))
+    pattern = make_pattern(obs, kernels="numba")
+    assert pattern._threaded or __import__("numba").get_num_threads() == 1
+    fused = pattern.residual_products(A, B, obs.values)
+    plain = make_pattern(obs, kernels="scipy").residual_products(A, B, obs.values)
+    for a, b in zip(fused, plain):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(pattern.sample(A, B), make_pattern(obs, kernels="scipy").sample(A, B),
+                               rtol=1e-12, atol=1e-12)
+
+
 @needs_cuda
 def test_torch_cuda_matches_numpy(problem):
     M, mask = problem
