@@ -177,7 +177,8 @@ def elapsed_minutes():
     return (time.perf_counter() - _START) / 60.0
 
 
-def machine_line(info):
+def machine_line(info, wall_minutes=None):
+    """One line naming the machine; ``wall_minutes`` defaults to the time since import."""
     parts = [f"{info['cpu']}, {info['cores']} cores (benchmarks run on {info.get('threads')} thread)"]
     if "memory_gb" in info:
         parts.append(f"{info['memory_gb']} GiB")
@@ -186,7 +187,8 @@ def machine_line(info):
     if info.get("load_average_at_start"):
         parts.append(f"load average at start {info['load_average_at_start'][0]}")
     parts.append(info["date"])
-    parts.append(f"script wall time {elapsed_minutes():.1f} min")
+    minutes = elapsed_minutes() if wall_minutes is None else wall_minutes
+    parts.append(f"script wall time {minutes:.1f} min")
     return "; ".join(parts)
 
 
