@@ -43,11 +43,17 @@ def test_quick_mode(name, tmp_path):
 
 
 def test_readme_section_replacement_preserves_others(tmp_path):
+    # _common pins thread counts in os.environ at import (for benchmark
+    # processes); this test process must keep its own, or numba refuses to
+    # run with a thread count that changed after its threads started.
+    saved = dict(os.environ)
     sys.path.insert(0, str(BENCH))
     try:
         import _common
     finally:
         sys.path.remove(str(BENCH))
+        os.environ.clear()
+        os.environ.update(saved)
     readme = tmp_path / "README.md"
     readme.write_text("intro\n\n<!-- BEGIN other -->\nkeep me\n<!-- END other -->\n")
     _common.replace_readme_section("mine", "first", readme)
