@@ -19,11 +19,13 @@ pytest.importorskip("matplotlib")
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "benchmarks"
-SCRIPTS = ["core", "original_vs_compressed", "rank_overestimation", "depth_benefit", "low_sample", "peers", "scaling"]
+SCRIPTS = ["core", "gpu", "original_vs_compressed", "rank_overestimation", "depth_benefit", "low_sample", "peers", "scaling"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_quick_mode(name, tmp_path):
+    if name == "gpu":  # its quick mode runs the GPU code path on torch's CPU backend
+        pytest.importorskip("torch", reason="gpu.py --quick needs torch")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), "--quick", "--output-dir", str(tmp_path)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
