@@ -140,13 +140,27 @@ def _check_nonempty(n_observed: int) -> None:
         )
 
 
-def _from_sparse(M, dtype) -> Observations:
+def _sorted_entries(M):
+    """``(rows, cols, values)`` of the stored entries in row-major order.
+
+    CSR input with sorted column indices (the usual case) is read in place:
+    no sort and no COO copy, which keeps the peak memory near the output's.
+    Anything else goes through COO and one stable sort.  Duplicates stay
+    separate so that the caller can report them.
+    """
+    if M.format == "csr" and M.has_sorted_indices:
+        indptr = np.asarray(M.indptr)
+        rows = np.repeat(np.arange(M.shape[0], dtype=np.int64), np.diff(indptr))
+        return rows, np.asarray(M.indices, dtype=np.int64), np.asarray(M.data)
     coo = sp.coo_array(M)
-    shape = tuple(int(s) for s in coo.shape)
-    rows = coo.row.astype(np.int64)
-    cols = coo.col.astype(np.int64)
-    order = np.lexsort((cols, rows))
-    rows, cols = rows[order], cols[order]
+    order = np.lexsort((coo.col, coo.row))
+    return (coo.row[order].astype(np.int64), coo.col[order].astype(np.int64),
+            np.asarray(coo.data[order]))
+
+
+def _from_sparse(M, dtype) -> Observations:
+    shape = tuple(int(s) for s in M.shape)
+    rows, cols, values = _sorted_entries(M)
     if rows.size > 1:
         same = (rows[1:] == rows[:-1]) & (cols[1:] == cols[:-1])
         if np.any(same):
@@ -157,8 +171,8 @@ def _from_sparse(M, dtype) -> Observations:
                 "or combine them explicitly (e.g. M.sum_duplicates() if they "
                 "should add)."
             )
-    values = np.asarray(coo.data[order])
-    values = values.astype(_float_dtype(values.dtype) if dtype is None else dtype)
+    # always a copy: the observations must not change if the caller edits M
+    values = values.astype(_float_dtype(values.dtype) if dtype is None else dtype, copy=True)
     return Observations(shape, rows, cols, values)
 
 

@@ -84,13 +84,19 @@ class RandomOrthogonal:
         Z -= self._Y @ (self._T.T @ (self._Y.T @ Z))
         return self._signs[:n, None] * Z[self._permutation[:n]]
 
-    def entries(self, rows, cols):
-        """``Q[rows, cols]`` without forming Q: O(len(rows) * n_reflections)."""
-        targets = self._permutation[cols]
-        low_rank = np.einsum(
-            "ij,ij->i", self._Y[rows] @ self._T, self._Y[targets]
-        )
-        return self._signs[cols] * ((rows == targets) - low_rank)
+    def entries(self, rows, cols, chunk=1 << 18):
+        """``Q[rows, cols]`` without forming Q: O(len(rows) * n_reflections).
+
+        Computed ``chunk`` entries at a time, so the temporaries stay at
+        O(chunk * n_reflections) instead of two |Omega| x n_reflections arrays.
+        """
+        out = np.empty(len(rows))
+        for start in range(0, len(rows), chunk):
+            r, c = rows[start:start + chunk], cols[start:start + chunk]
+            targets = self._permutation[c]
+            low_rank = np.einsum("ij,ij->i", self._Y[r] @ self._T, self._Y[targets])
+            out[start:start + chunk] = self._signs[c] * ((r == targets) - low_rank)
+        return out
 
     def dense(self):
         """The full ``m x n`` matrix (tests and the wide model only)."""

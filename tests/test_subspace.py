@@ -19,6 +19,7 @@ def test_random_orthogonal_is_semi_orthogonal_and_consistent(m, n, seed):
     np.testing.assert_allclose(gram, np.eye(min(m, n)), atol=1e-12)
     rows, cols = np.nonzero(np.ones((m, n)))
     np.testing.assert_allclose(q.entries(rows, cols), Q[rows, cols], atol=1e-14)
+    np.testing.assert_allclose(q.entries(rows, cols, chunk=7), q.entries(rows, cols), rtol=0, atol=1e-15)
     Y = np.random.default_rng(seed).standard_normal((m, 2))
     np.testing.assert_allclose(q.rmatvec(Y), Q.T @ Y, atol=1e-12)
 

@@ -117,6 +117,36 @@ def test_sparse_duplicates(problem):
         fit(duplicated, rank=1)
 
 
+@pytest.mark.parametrize("layout", ["csr", "csc", "coo", "lil", "dok"])
+def test_sparse_layouts_give_the_same_observations(problem, layout):
+    M, mask = problem
+    rows, cols = np.nonzero(mask)
+    reference = as_observations(np.where(mask, M, np.nan))
+    sparse = sp.csr_matrix((M[rows, cols], (rows, cols)), shape=M.shape).asformat(layout)
+    obs = as_observations(sparse)
+    for a, b in zip((obs.observed_rows, obs.observed_cols, obs.values),
+                    (reference.observed_rows, reference.observed_cols, reference.values)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_unsorted_and_duplicated_csr(problem):
+    M, _ = problem
+    unsorted = sp.csr_matrix((np.array([1.0, 2.0]), np.array([3, 1]), np.array([0, 2] + [2] * 19)),
+                             shape=M.shape)
+    unsorted.has_sorted_indices = False
+    obs = as_observations(unsorted)
+    np.testing.assert_array_equal(obs.observed_cols, [1, 3])
+    np.testing.assert_array_equal(obs.values, [2.0, 1.0])
+    duplicated = sp.csr_matrix((np.array([1.0, 2.0]), np.array([3, 3]), np.array([0, 2] + [2] * 19)),
+                               shape=M.shape)
+    with pytest.raises(ValueError, match=r"stores entry \(0, 3\) more than once"):
+        as_observations(duplicated)
+    values = sp.csr_matrix(M)
+    obs = as_observations(values)
+    values.data[:] = 0.0  # editing the input afterwards leaves the observations alone
+    assert np.any(obs.values != 0)
+
+
 def test_sparse_with_mask_is_rejected(problem):
     M, mask = problem
     with pytest.raises(ValueError, match="mask must be None for sparse"):
