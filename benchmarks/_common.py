@@ -259,6 +259,13 @@ def _with_about(text):
     return block + text
 
 
+def write_section(name, lines, payload, out):
+    """Close a README section with the machine line and write it (full mode only)."""
+    body = "\n".join([*lines, "", f"Machine: {machine_line(payload['machine'])}."])
+    if out.readme:
+        replace_readme_section(name, body, out.readme)
+
+
 def markdown_table(headers, rows):
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

@@ -76,7 +76,7 @@ def main(argv=None):
 
     rows = [[w] + [f"{np.exp(np.nanmean(np.log(errors[L][i]))):.2e} [{np.nanmin(errors[L][i]):.1e}, "
                    f"{np.nanmax(errors[L][i]):.1e}]" for L in depths] for i, w in enumerate(widths)]
-    body = "\n".join([
+    C.write_section(NAME, [
         f"## Depth benefit (`{NAME}.py`)",
         "",
         f"{d} x {d}, true rank {rank}, {100 * frac:g}% observed ({int(mask.sum())} entries), dense "
@@ -86,11 +86,7 @@ def main(argv=None):
         C.markdown_table(["width"] + [f"depth {L}: recovery error geo-mean [min, max]" for L in depths], rows),
         "",
         f"![{NAME}]({out.rel(out.figure())})",
-        "",
-        f"Machine: {C.machine_line(payload['machine'])}.",
-    ])
-    if out.readme:
-        C.replace_readme_section(NAME, body, out.readme)
+    ], payload, out)
     return payload
 
 

@@ -80,7 +80,7 @@ def main(argv=None):
     C.save_figure(fig, out.figure())
 
     rows = [[k] + [f"{x:.2f}" for x in rates[k]] for k in names]
-    body = "\n".join([
+    C.write_section(NAME, [
         f"## Low-sample regime (`{NAME}.py`)",
         "",
         f"{d} x {d}, true rank {r}, seeds {seeds}; success = recovery error <= {SUCCESS:g}. dmc: compressed, "
@@ -93,11 +93,7 @@ def main(argv=None):
         ("Not run: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + "." if skipped else ""),
         "",
         f"![{NAME}]({out.rel(out.figure())})",
-        "",
-        f"Machine: {C.machine_line(payload['machine'])}.",
-    ])
-    if out.readme:
-        C.replace_readme_section(NAME, body, out.readme)
+    ], payload, out)
     return payload
 
 

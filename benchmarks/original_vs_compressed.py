@@ -86,7 +86,7 @@ def main(argv=None):
     rows = [[k, v["n_iter"], C.fmt(v["final_error"]), C.fmt(v["steps_to_target"], "d"),
              C.fmt(v["time_to_target"], ".1f"), C.fmt(1e3 * v["median_time_per_step"], ".2f")]
             for k, v in results.items()]
-    body = "\n".join([
+    C.write_section(NAME, [
         f"## Original vs compressed (`{NAME}.py`)",
         "",
         f"{d} x {d}, true rank 5, {100 * frac:g}% observed, depth 3, rank budget 5, eps = 1e-3, one seed; "
@@ -105,11 +105,7 @@ def main(argv=None):
         "which is why dmc normalizes and picks lr from the spectrum by default.",
         "",
         f"![{NAME}]({out.rel(out.figure())})",
-        "",
-        f"Machine: {C.machine_line(payload['machine'])}.",
-    ])
-    if out.readme:
-        C.replace_readme_section(NAME, body, out.readme)
+    ], payload, out)
     return payload
 
 

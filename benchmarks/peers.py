@@ -95,7 +95,7 @@ def main(argv=None):
              C.fmt(e["error"]), C.fmt(e["time"], ".2f")] + [C.fmt(e["time_to"][f"{t:g}"], ".2f") for t in THRESHOLDS]
             for e in results if e.get("available")]
     skipped = sorted({f"{e['method']}: {e['reason']}" for e in results if not e.get("available")})
-    body = "\n".join([
+    C.write_section(NAME, [
         f"## Peers (`{NAME}.py`)",
         "",
         "Same problems, same process, one thread; true rank 5 (100x100 at 30% observed, "
@@ -111,11 +111,7 @@ def main(argv=None):
         ("Not run: " + "; ".join(skipped) + "." if skipped else ""),
         "",
         " ".join(f"![{p['d']}]({out.rel(out.figure(str(p['d'])))})" for p in problems),
-        "",
-        f"Machine: {C.machine_line(payload['machine'])}.",
-    ])
-    if out.readme:
-        C.replace_readme_section(NAME, body, out.readme)
+    ], payload, out)
     return payload
 
 

@@ -89,7 +89,7 @@ def main(argv=None):
             row += [f"{C.fmt(st['mean'], '.0f')} [{C.fmt(st['min'], '.0f')}, {C.fmt(st['max'], '.0f')}]",
                     f"{C.fmt(tm['mean'], '.2f')}", f"{st['converged']}/{st['runs']}"]
         rows.append(row)
-    body = "\n".join([
+    C.write_section(NAME, [
         f"## Rank overestimation (`{NAME}.py`)",
         "",
         f"{d} x {d} (reduced from 1000 x 1000 for the time budget), true rank 5, "
@@ -102,11 +102,7 @@ def main(argv=None):
                           "narrow converged"], rows),
         "",
         f"![steps]({out.rel(out.figure('steps'))}) ![time]({out.rel(out.figure('time'))})",
-        "",
-        f"Machine: {C.machine_line(payload['machine'])}.",
-    ])
-    if out.readme:
-        C.replace_readme_section(NAME, body, out.readme)
+    ], payload, out)
     return payload
 
 

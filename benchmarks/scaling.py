@@ -115,7 +115,7 @@ def main(argv=None):
         return [f"{r['m']}", f"{r['observed']:,}", f"{1e3 * r['time_per_step']:.2f}", f"{r['init_time']:.2f}",
                 f"{r['peak_traced_bytes'] / 2**20:.1f}", f"{r['input_csr_bytes'] / 2**20:.1f}"]
     headers = ["m = n", "observed", "ms / step", "init (s)", "peak traced MiB", "input CSR MiB"]
-    body = "\n".join([
+    C.write_section(NAME, [
         f"## Scaling (`{NAME}.py`)",
         "",
         f"Compressed, depth 3, rank budget 10 (k = 20), true rank 5, no dense matrix anywhere "
@@ -128,11 +128,7 @@ def main(argv=None):
         f"{fits['time_vs_observed']:.2f}, memory vs |Omega| {fits['memory_vs_observed']:.2f}.",
         "",
         f"![{NAME}]({out.rel(out.figure())})",
-        "",
-        f"Machine: {C.machine_line(payload['machine'])}.",
-    ])
-    if out.readme:
-        C.replace_readme_section(NAME, body, out.readme)
+    ], payload, out)
     return payload
 
 
