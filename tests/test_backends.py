@@ -177,18 +177,24 @@ def test_numba_and_scipy_kernels_agree(problem):
 
 
 @pytest.mark.skipif(not numba_available(), reason="numba not installed: pip install 'dmc[fast]'")
+@pytest.mark.parametrize("tile_columns", [None, 8, 50])
 @pytest.mark.parametrize("width", [1, 7, 20])
-def test_threaded_numba_kernel_matches_scipy(problem, monkeypatch, width):
+def test_threaded_numba_kernel_matches_scipy(problem, monkeypatch, width, tile_columns):
     from dmc.backend import NumbaPattern
 
     monkeypatch.setattr(NumbaPattern, "parallel_threshold", 0)  # force the threaded, width-specialized kernel
+    monkeypatch.setattr(NumbaPattern, "tile_columns", tile_columns)  # and the column-tiled one
     M, mask = problem
     obs = as_observations(M, mask)
     rng = np.random.default_rng(width)
     A, B = rng.standard_normal((60, width)), rng.standard_normal((50, width))
     pattern = make_pattern(obs, kernels="numba")
     assert pattern._threaded or __import__("numba").get_num_threads() == 1
+    assert pattern._tiled == (tile_columns is not None)
     fused = pattern.residual_products(A, B, obs.values)
+    again = pattern.residual_products(A, B, obs.values)  # cached permutation of the values
+    for a, b in zip(fused, again):
+        np.testing.assert_array_equal(a, b)
     plain = make_pattern(obs, kernels="scipy").residual_products(A, B, obs.values)
     for a, b in zip(fused, plain):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
@@ -221,3 +227,19 @@ def test_cupy_matches_numpy(problem):
     from_sparse = _fit(sparse, max_iter=2000, record_every=100)
     np.testing.assert_allclose(from_sparse.history_["train_loss"], dense.history_["train_loss"], rtol=1e-10)
     assert isinstance(to_numpy(from_sparse.transform()), np.ndarray)
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba not installed: pip install 'dmc[fast]'")
+def test_large_pattern_fit_matches_scipy_kernels(monkeypatch):
+    """A pattern big enough for the threaded, column-tiled kernel, through the estimator."""
+    rng = np.random.default_rng(0)
+    m, n, n_observed = 600, 5000, 120_000
+    left, right = rng.standard_normal((m, 3)), rng.standard_normal((n, 3))
+    flat = rng.choice(m * n, n_observed, replace=False)
+    rows, cols = flat // n, flat % n
+    M = sp.csr_matrix((np.einsum("ij,ij->i", left[rows], right[cols]), (rows, cols)), shape=(m, n))
+    fits = {}
+    for kernels in ("numba", "scipy"):
+        monkeypatch.setenv("DMC_KERNELS", kernels)
+        fits[kernels] = _fit(M, rank=3, max_iter=300, record_every=50)
+    assert _relative_gap(fits["numba"].history_["train_loss"], fits["scipy"].history_["train_loss"]) <= 1e-10
