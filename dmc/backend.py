@@ -364,8 +364,9 @@ class NumbaPattern:
     """
 
     parallel_threshold = 100_000
-    # Column tile width; None picks max(2048, n / 16) for patterns over the
-    # threshold with more columns than that (rows of B stop fitting in cache).
+    # Column tile width; None picks max(2048, n / 16) and tiles only large
+    # patterns whose B no longer fits in cache (see _use_tiles); a number
+    # forces tiling at that width (tests).
     tile_columns = None
 
     def __init__(self, obs: Observations, dtype):
@@ -386,12 +387,27 @@ class NumbaPattern:
         chunk_rows[0], chunk_rows[-1] = 0, obs.shape[0]
         self.chunk_rows = np.maximum.accumulate(chunk_rows).astype(np.int64)
         self._buffers = {}
-        n = obs.shape[1]
-        tile_columns = self.tile_columns or max(2048, -(-n // 16))
-        self._tiled = (obs.n_observed >= self.parallel_threshold and n > tile_columns) \
-            or self.tile_columns is not None
-        if self._tiled:
-            self._build_tiles(obs, tile_columns, threaded)
+        self._obs, self._threaded_pattern = obs, threaded
+        self._tiled = None  # decided at the first step, when the width k is known
+
+    def _use_tiles(self, width, itemsize):
+        """Tile when the pattern is large and B (n x k) no longer fits in cache.
+
+        Measured on one thread (benchmarks/scaling.py, k = 20): tiling took
+        716 against 1,276 ms per step at 1e5 x 1e5 (B 16 MB) and 170 against
+        274 ms at 3e4 (B 4.8 MB), but lost at 1e4 (B 1.6 MB), where the
+        row-in-tile segments are short; hence the 4 MiB bound.
+        """
+        if self._tiled is None:
+            n = self.shape[1]
+            tile_columns = self.tile_columns or max(2048, -(-n // 16))
+            self._tiled = self.tile_columns is not None or (
+                self._obs.n_observed >= self.parallel_threshold
+                and n * width * itemsize > 4 * 2**20 and n > tile_columns)
+            if self._tiled:
+                self._build_tiles(self._obs, tile_columns, self._threaded_pattern)
+            self._obs = None  # the pattern keeps what it needs
+        return self._tiled
 
     def _build_tiles(self, obs, tile_columns, threaded):
         """Column-tiled ordering: entries by (tile, row, column), cut into segments."""
@@ -436,7 +452,7 @@ class NumbaPattern:
     def residual_products(self, A, B, values):
         residual, row_out, col_parts = self._step_buffers(A.shape[1], np.result_type(A, B))
         kernels = self._kernels
-        if self._tiled:
+        if self._use_tiles(A.shape[1], residual.dtype.itemsize):
             if values is not self._values_source:  # permuted once per values array
                 self._tiled_values = np.ascontiguousarray(values[self._order])
                 self._values_source = values

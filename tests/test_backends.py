@@ -190,8 +190,8 @@ def test_threaded_numba_kernel_matches_scipy(problem, monkeypatch, width, tile_c
     A, B = rng.standard_normal((60, width)), rng.standard_normal((50, width))
     pattern = make_pattern(obs, kernels="numba")
     assert pattern._threaded or __import__("numba").get_num_threads() == 1
-    assert pattern._tiled == (tile_columns is not None)
     fused = pattern.residual_products(A, B, obs.values)
+    assert pattern._tiled == (tile_columns is not None)
     again = pattern.residual_products(A, B, obs.values)  # cached permutation of the values
     for a, b in zip(fused, again):
         np.testing.assert_array_equal(a, b)
@@ -233,11 +233,14 @@ def test_cupy_matches_numpy(problem):
 def test_large_pattern_fit_matches_scipy_kernels(monkeypatch):
     """A pattern big enough for the threaded, column-tiled kernel, through the estimator."""
     rng = np.random.default_rng(0)
-    m, n, n_observed = 600, 5000, 120_000
+    m, n, n_observed = 300, 30_000, 120_000  # B is 30,000 x 6 doubles: 1.4 MB
     left, right = rng.standard_normal((m, 3)), rng.standard_normal((n, 3))
     flat = rng.choice(m * n, n_observed, replace=False)
     rows, cols = flat // n, flat % n
     M = sp.csr_matrix((np.einsum("ij,ij->i", left[rows], right[cols]), (rows, cols)), shape=(m, n))
+    from dmc.backend import NumbaPattern
+
+    monkeypatch.setattr(NumbaPattern, "tile_columns", 4096)  # tile although B would fit in cache
     fits = {}
     for kernels in ("numba", "scipy"):
         monkeypatch.setenv("DMC_KERNELS", kernels)
