@@ -69,51 +69,14 @@ fused_products_serial = numba.njit(fastmath=True, cache=True)(_fused_products)
 
 
 @functools.lru_cache(maxsize=None)
-def threaded_fused_products(width):
-    """``fused_products`` compiled for one width k, threaded, for large patterns.
+def tiled_fused_products(width, parallel):
+    """``fused_products`` over a column-tiled ordering of the pattern, compiled per width.
 
     With k a compile-time constant LLVM unrolls and vectorizes the k-loops
-    and keeps the row accumulator out of aliasing trouble: about 2x faster
-    than the generic kernel at 1000 x 1000, 20% observed, k = 10 (2.6 ms
-    against 6.1 ms per call on two threads).  Compiled on first use of each
-    width (about a second), so only patterns large enough to amortize it
-    use this.
-    """
-
-    def kernel(chunk_rows, indptr, cols, values, A, B, residual, row_out, col_parts):
-        n_chunks = chunk_rows.shape[0] - 1
-        losses = np.zeros(n_chunks)
-        for t in numba.prange(n_chunks):
-            part = col_parts[t]
-            part[:, :] = 0.0
-            loss = 0.0
-            row_sum = np.empty(width)
-            for i in range(chunk_rows[t], chunk_rows[t + 1]):
-                row_sum[:] = 0.0
-                a = A[i]
-                for e in range(indptr[i], indptr[i + 1]):
-                    j = cols[e]
-                    b = B[j]
-                    s = 0.0
-                    for c in range(width):
-                        s += a[c] * b[c]
-                    r = s - values[e]
-                    residual[e] = r
-                    loss += r * r
-                    p = part[j]
-                    for c in range(width):
-                        row_sum[c] += r * b[c]
-                        p[c] += r * a[c]
-                row_out[i, :] = row_sum
-            losses[t] = loss
-        return 0.5 * losses.sum()
-
-    return numba.njit(parallel=True, fastmath=True, boundscheck=False)(kernel)
-
-
-@functools.lru_cache(maxsize=None)
-def tiled_fused_products(width, parallel):
-    """``fused_products`` over a column-tiled ordering of the pattern.
+    (2.6 against 6.1 ms per call at 1000 x 1000, 20% observed, k = 10, two
+    threads, before tiling existed).  Untiled threaded patterns use it with
+    one tile, whose segments are the rows.  Compiled on first use of each
+    width (about a second), so only large patterns use it.
 
     Entries are ordered by (column tile, row, column) and grouped into
     segments (one row within one tile).  Each thread owns a contiguous range

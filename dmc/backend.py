@@ -387,7 +387,7 @@ class NumbaPattern:
         chunk_rows[0], chunk_rows[-1] = 0, obs.shape[0]
         self.chunk_rows = np.maximum.accumulate(chunk_rows).astype(np.int64)
         self._buffers = {}
-        self._obs, self._threaded_pattern = obs, threaded
+        self._obs = obs
         self._tiled = None  # decided at the first step, when the width k is known
 
     def _use_tiles(self, width, itemsize):
@@ -404,12 +404,13 @@ class NumbaPattern:
             self._tiled = self.tile_columns is not None or (
                 self._obs.n_observed >= self.parallel_threshold
                 and n * width * itemsize > 4 * 2**20 and n > tile_columns)
-            if self._tiled:
-                self._build_tiles(self._obs, tile_columns, self._threaded_pattern)
+            if self._tiled or self._threaded:
+                # untiled threaded = one tile whose segments are the rows
+                self._build_tiles(self._obs, tile_columns if self._tiled else n)
             self._obs = None  # the pattern keeps what it needs
         return self._tiled
 
-    def _build_tiles(self, obs, tile_columns, threaded):
+    def _build_tiles(self, obs, tile_columns):
         """Column-tiled ordering: entries by (tile, row, column), cut into segments."""
         rows, cols = obs.observed_rows, obs.observed_cols
         tiles = cols // tile_columns
@@ -427,9 +428,9 @@ class NumbaPattern:
         for tile in range(n_tiles):
             lo, hi = tile_segments[tile], tile_segments[tile + 1]
             self._tile_chunk_ptr[tile] = lo + np.searchsorted(self._segment_rows[lo:hi], self.chunk_rows)
-        self._order = order
-        self._tiled_cols = cols[order]
-        self._tiled_threaded = threaded
+        # with one tile the order is the observations' own (row-major)
+        self._order = None if n_tiles == 1 else order
+        self._tiled_cols = cols if n_tiles == 1 else cols[order]
         self._values_source = self._tiled_values = None
 
     def _step_buffers(self, width, dtype):
@@ -452,20 +453,22 @@ class NumbaPattern:
     def residual_products(self, A, B, values):
         residual, row_out, col_parts = self._step_buffers(A.shape[1], np.result_type(A, B))
         kernels = self._kernels
-        if self._use_tiles(A.shape[1], residual.dtype.itemsize):
-            if values is not self._values_source:  # permuted once per values array
-                self._tiled_values = np.ascontiguousarray(values[self._order])
-                self._values_source = values
-            loss = kernels.tiled_fused_products(A.shape[1], self._tiled_threaded)(
+        if self._use_tiles(A.shape[1], residual.dtype.itemsize) or self._threaded:
+            if self._order is None:
+                tiled_values = values
+            else:
+                if values is not self._values_source:  # permuted once per values array
+                    self._tiled_values = np.ascontiguousarray(values[self._order])
+                    self._values_source = values
+                tiled_values = self._tiled_values
+            loss = kernels.tiled_fused_products(A.shape[1], self._threaded)(
                 self._tile_chunk_ptr, self._segment_rows, self._segment_ptr, self._tiled_cols,
-                self._tiled_values, np.ascontiguousarray(A), np.ascontiguousarray(B), residual,
+                tiled_values, np.ascontiguousarray(A), np.ascontiguousarray(B), residual,
                 row_out, col_parts, self.chunk_rows)
         else:
-            fused = (kernels.threaded_fused_products(A.shape[1]) if self._threaded
-                     else kernels.fused_products_serial)
-            loss = fused(
-            self.chunk_rows, self.indptr, self.cols, values, np.ascontiguousarray(A),
-            np.ascontiguousarray(B), residual, row_out, col_parts)
+            loss = kernels.fused_products_serial(
+                self.chunk_rows, self.indptr, self.cols, values, np.ascontiguousarray(A),
+                np.ascontiguousarray(B), residual, row_out, col_parts)
         col_out = col_parts[0].copy() if col_parts.shape[0] == 1 else col_parts.sum(axis=0)
         return loss, row_out.copy(), col_out
 
