@@ -69,7 +69,7 @@ def reference_problem(quick):
 
             os.environ["DMC_KERNELS"] = kernel
             model = DeepMatrixCompleter(rank=5, random_state=0, max_iter=max_iter, record_every=50,
-                                        callback=lambda r: r["recovery_error"] <= target, **params)
+                                        callbacks=lambda r: r["recovery_error"] <= target, **params)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 model.fit(M, mask, ground_truth=M)

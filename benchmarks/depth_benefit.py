@@ -40,7 +40,7 @@ def main(argv=None):
             for L in depths:
                 model = DeepMatrixCompleter(rank=rank, depth=L, method="original", width=width,
                                             init_scale=eps, max_iter=max_iter, tol=1e-7, record_every=50,
-                                            callback=lambda r: r["time"] > cap_s, random_state=seed)
+                                            callbacks=lambda r: r["time"] > cap_s, random_state=seed)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     model.fit(M, mask, ground_truth=M)

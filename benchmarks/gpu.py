@@ -71,7 +71,7 @@ def reference(backends, quick):
                 continue
             model = DeepMatrixCompleter(rank=5, random_state=0, backend=backend, device=device,
                                         max_iter=20000 if quick else 60000, record_every=50,
-                                        callback=lambda r: r["recovery_error"] <= target, **params)
+                                        callbacks=lambda r: r["recovery_error"] <= target, **params)
             for attempt in ("warm-up", "timed"):  # first fit pays CUDA context and kernel set-up
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", ConvergenceWarning)

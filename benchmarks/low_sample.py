@@ -50,7 +50,7 @@ def main(argv=None):
             for L, eps in depths.items():
                 model = DeepMatrixCompleter(rank=2 * r, depth=L, init_scale=eps, max_iter=max_iter, tol=0.0,
                                             record_every=50, random_state=seed,
-                                            callback=lambda rec: rec["recovery_error"] <= 1e-6 or rec["time"] > cap_s)
+                                            callbacks=lambda rec: rec["recovery_error"] <= 1e-6 or rec["time"] > cap_s)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     model.fit(np.where(mask, M, 0.0), mask, ground_truth=M)

@@ -46,7 +46,7 @@ def main(argv=None):
         def stop(r):
             return r["recovery_error"] <= target or r["time"] > cap_s
         model = DeepMatrixCompleter(rank=5, depth=3, max_iter=max_iter, record_every=record,
-                                    tol=0.0, callback=stop, random_state=0,
+                                    tol=0.0, callbacks=stop, random_state=0,
                                     init_scale=eps, **kw)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

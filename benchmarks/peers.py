@@ -31,7 +31,7 @@ def run_dmc(M, mask, M_true, rank, cap_s, target):
     from dmc import DeepMatrixCompleter
 
     model = DeepMatrixCompleter(rank=rank, max_iter=50000, tol=0.0, record_every=20, random_state=0,
-                                callback=lambda r: r["recovery_error"] <= target or r["time"] > cap_s)
+                                callbacks=lambda r: r["recovery_error"] <= target or r["time"] > cap_s)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.fit(np.where(mask, M, 0.0), mask, ground_truth=M_true)

@@ -44,7 +44,7 @@ def main(argv=None):
             for method in methods:
                 model = DeepMatrixCompleter(
                     rank=rank, depth=3, method=method, init_scale=eps, max_iter=max_iter, record_every=50, tol=0.0,
-                    callback=lambda r: r["recovery_error"] <= target or r["time"] > cap_s,
+                    callbacks=lambda r: r["recovery_error"] <= target or r["time"] > cap_s,
                     random_state=seed)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")

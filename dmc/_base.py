@@ -1,11 +1,17 @@
-"""What every dmc estimator shares: scikit-learn's parameter protocol and checks."""
+"""What every dmc estimator shares: scikit-learn's parameter protocol, checks, persistence.
+
+The estimators inherit :class:`sklearn.base.BaseEstimator` when scikit-learn
+is installed, so ``get_params``, ``set_params``, ``clone``, the ``repr`` and
+the estimator tags are scikit-learn's own.  Without it, :class:`ParamsMixin`
+provides the same parameter protocol so that dmc needs no scikit-learn.
+"""
 
 from __future__ import annotations
 
 import inspect
 import numbers
 
-__all__ = ["ParamsMixin", "is_int", "is_real"]
+__all__ = ["BaseCompleter", "ParamsMixin", "check_callbacks", "check_verbose", "is_int", "is_real"]
 
 
 def is_int(x) -> bool:
@@ -18,27 +24,49 @@ def is_real(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
+def check_callbacks(callbacks) -> list:
+    """``callbacks`` (None, a callable or a sequence of callables) as a list."""
+    if callbacks is None:
+        return []
+    if callable(callbacks):
+        return [callbacks]
+    if isinstance(callbacks, (list, tuple)) and all(callable(c) for c in callbacks):
+        return list(callbacks)
+    raise TypeError(
+        "callbacks must be None, a callable or a list of callables (each called as "
+        f"callback(record) -> bool); got {callbacks!r}.")
+
+
+def check_verbose(verbose) -> None:
+    """``verbose`` must be 0, 1, 2 or a bool."""
+    if not (isinstance(verbose, bool) or (is_int(verbose) and 0 <= verbose <= 2)):
+        raise ValueError(f"verbose must be 0 (silent), 1 (progress bar) or 2 (a line per "
+                         f"record), or a bool; got {verbose!r}.")
+
+
 class ParamsMixin:
     """``get_params`` / ``set_params`` / ``__repr__`` from the ``__init__`` signature.
 
-    As in scikit-learn's ``BaseEstimator``: ``__init__`` stores each keyword
+    The fallback for :class:`sklearn.base.BaseEstimator` when scikit-learn
+    is not installed, with the same rules: ``__init__`` stores each keyword
     argument under its own name and does nothing else.
     """
 
     @classmethod
-    def _param_names(cls):
-        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    def _get_param_names(cls):
+        return sorted(p for p in inspect.signature(cls.__init__).parameters if p != "self")
 
     def get_params(self, deep=True):
         """Parameters of this estimator, as a dict."""
-        return {name: getattr(self, name) for name in self._param_names()}
+        return {name: getattr(self, name) for name in self._get_param_names()}
 
     def set_params(self, **params):
         """Set parameters; returns self."""
-        valid = self._param_names()
+        valid = self._get_param_names()
         for name, value in params.items():
             if name not in valid:
-                raise ValueError(f"invalid parameter {name!r}; valid ones are {valid}.")
+                raise ValueError(f"Invalid parameter {name!r} for estimator {type(self).__name__}; "
+                                 f"valid parameters are {valid}.")
             setattr(self, name, value)
         return self
 
@@ -48,3 +76,62 @@ class ParamsMixin:
         changed = [f"{k}={v!r}" for k, v in self.get_params().items()
                    if not (v is defaults[k] or (isinstance(v, (int, float, str)) and v == defaults[k]))]
         return f"{type(self).__name__}({', '.join(changed)})"
+
+
+try:
+    from sklearn.base import BaseEstimator as _ParamsBase
+except ImportError:  # scikit-learn is optional (dmc[sklearn])
+    _ParamsBase = ParamsMixin
+
+
+class BaseCompleter(_ParamsBase):
+    """Parameter protocol plus ``save`` / ``load`` (see :mod:`dmc.persistence`)."""
+
+    # private fitted state that persistence must keep besides the ``name_`` attributes
+    _persisted_private = ()
+    # fitted attributes held in the fit's backend (moved by ``load(backend=...)``)
+    _backend_state = ()
+
+    def save(self, path):
+        """Write the parameters and fitted state to one ``.npz`` file (no pickle).
+
+        The file is an ordinary NumPy archive readable with
+        ``numpy.load(path, allow_pickle=False)``: the arrays, plus a JSON
+        header with the parameters (format in :mod:`dmc.persistence`).
+        Callbacks and random Generators are not saved (a warning says so).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Written exactly as given (no suffix is added).
+
+        Returns
+        -------
+        path : pathlib.Path
+        """
+        from .persistence import save_estimator
+
+        return save_estimator(self, path)
+
+    @classmethod
+    def load(cls, path, *, backend=None, device=None):
+        """An estimator saved by :meth:`save`, ready to predict.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+        backend : {"numpy", "torch", "cupy"}, optional
+            Put the fitted factors on this backend instead of the one they
+            were fitted on (``DeepMatrixCompleter`` only; the ``backend``
+            parameter is updated to match).
+        device : str, optional
+            Device on that backend (default: the saved one when the backend
+            is unchanged, else the backend's default).
+
+        Returns
+        -------
+        estimator : instance of this class
+        """
+        from .persistence import load_estimator
+
+        return load_estimator(path, backend=backend, device=device, expected=cls)

@@ -7,10 +7,10 @@ import time
 import numpy as np
 
 from . import models, subspace
-from ._base import ParamsMixin, is_int, is_real
+from ._base import BaseCompleter, check_callbacks, check_verbose, is_int, is_real
 from .backend import make_pattern, observed_triplets, resolve_backend, to_namespace, to_numpy
 from .datasets import _rng
-from .metrics import recovery_error
+from .metrics import recovery_error, rmse
 from .solver import gradient_descent
 
 __all__ = ["DeepMatrixCompleter"]
@@ -41,7 +41,7 @@ def _rescaled(factors, scale):
     return factors
 
 
-class DeepMatrixCompleter(ParamsMixin):
+class DeepMatrixCompleter(BaseCompleter):
     """Matrix completion by a deep factorization trained with gradient descent.
 
     The default ``method="compressed"`` trains ``X = U Wt_L ... Wt_1 V^T``
@@ -97,10 +97,19 @@ class DeepMatrixCompleter(ParamsMixin):
         every ``record_every`` steps (see :mod:`dmc.solver`).
     record_every : int, default=10
         Steps between history records and stopping checks.
-    callback : callable, optional
-        Called with each history record (a dict); returning True stops.
-    verbose : bool, default=False
-        Print each history record.
+    callbacks : callable or list of callables, optional
+        Each is called at every record (every ``record_every`` steps) with
+        the record, a dict with the keys of ``history_`` (``iteration``,
+        ``time``, ``train_loss`` in the units of M, ``recovery_error`` when
+        tracked); a true return value stops the fit (``stop_reason_ ==
+        "callback"``).  Callbacks are not saved by :meth:`save`.
+    verbose : {0, 1, 2} or bool, default=0
+        0: silent.  1 (or True): a progress bar with the loss and recovery
+        error (tqdm, installed by ``dmc[progress]``; without it a line every
+        5 seconds).  2: a line per record.  Ctrl-C during a fit stops it
+        cleanly whatever ``verbose`` is: the state reached so far is kept
+        (``stop_reason_ == "interrupted"``) and a
+        :class:`dmc.solver.FitInterruptedWarning` is issued.
     backend : {"auto", "numpy", "torch", "cupy"}, default="auto"
         Array library the fit runs in.  ``"auto"`` follows the input (NumPy
         for lists and scipy.sparse); the others convert the input.  Fitted
@@ -147,6 +156,8 @@ class DeepMatrixCompleter(ParamsMixin):
         Gradient steps taken.
     converged_ : bool
         Whether ``tol`` was met.
+    stop_reason_ : {"tol", "callback", "max_iter", "interrupted"}
+        Why the fit ended.
 
     Examples
     --------
@@ -158,9 +169,11 @@ class DeepMatrixCompleter(ParamsMixin):
     True
     """
 
+    _backend_state = ("left_factor_", "inner_factors_", "right_factor_")
+
     def __init__(self, rank=10, *, depth=3, method="compressed", init_scale=1e-3,
                  lr="auto", gamma=0.01, width=None, normalize=True, max_iter=20000,
-                 tol=1e-7, record_every=10, callback=None, verbose=False,
+                 tol=1e-7, record_every=10, callbacks=None, verbose=0,
                  backend="auto", device=None, dtype=None, random_state=None):
         self.rank = rank
         self.depth = depth
@@ -173,7 +186,7 @@ class DeepMatrixCompleter(ParamsMixin):
         self.max_iter = max_iter
         self.tol = tol
         self.record_every = record_every
-        self.callback = callback
+        self.callbacks = callbacks
         self.verbose = verbose
         self.backend = backend
         self.device = device
@@ -181,7 +194,7 @@ class DeepMatrixCompleter(ParamsMixin):
         self.random_state = random_state
 
     # -- validation ----------------------------------------------------------
-    def _validate_params(self, shape):
+    def _check_params(self, shape):
         m, n = shape
         if not is_int(self.rank) or self.rank < 1:
             raise ValueError(f"rank must be a positive integer; got {self.rank!r}.")
@@ -215,8 +228,8 @@ class DeepMatrixCompleter(ParamsMixin):
             raise ValueError(f"record_every must be a positive integer; got {self.record_every!r}.")
         if self.dtype is not None and self._dtype_name(self.dtype) not in _DTYPES:
             raise ValueError(f'dtype must be None, "float32" or "float64"; got {self.dtype!r}.')
-        if self.callback is not None and not callable(self.callback):
-            raise TypeError(f"callback must be callable or None; got {type(self.callback).__name__}.")
+        check_callbacks(self.callbacks)
+        check_verbose(self.verbose)
 
     @staticmethod
     def _dtype_name(dtype):
@@ -265,7 +278,7 @@ class DeepMatrixCompleter(ParamsMixin):
         start = time.perf_counter()
         backend = resolve_backend(M, self.backend, self.device)
         obs, input_dtype = observed_triplets(M, mask)
-        self._validate_params(obs.shape)
+        self._check_params(obs.shape)
         if ground_truth is not None:
             if tuple(ground_truth.shape if hasattr(ground_truth, "shape")
                      else np.shape(ground_truth)) != obs.shape:
@@ -319,8 +332,10 @@ class DeepMatrixCompleter(ParamsMixin):
         result = gradient_descent(
             factors, loss_and_gradients, step_sizes, max_iter=self.max_iter, tol=self.tol,
             observed_norm=float(np.linalg.norm(obs.values)), record_every=self.record_every,
-            recovery_error=error, start_time=start, verbose=self.verbose,
-            callback=None if self.callback is None else (lambda record, _: self.callback(record)),
+            metrics=None if error is None else {"recovery_error": error}, start_time=start, verbose=int(self.verbose),
+            callbacks=[lambda record, _, user=user: user(record)
+                       for user in check_callbacks(self.callbacks)],
+            loss_unit=scale**2,
         )
         self.shape_ = obs.shape
         self.backend_ = backend
@@ -331,9 +346,10 @@ class DeepMatrixCompleter(ParamsMixin):
         self.left_factor_ = fitted.left
         self.inner_factors_ = list(fitted.inner)
         self.right_factor_ = fitted.right
-        self.history_ = dict(result.history, train_loss=result.history["train_loss"] * scale**2)
+        self.history_ = result.history
         self.n_iter_ = result.n_iter
         self.converged_ = result.converged
+        self.stop_reason_ = result.stop_reason
         return self
 
     # -- using the fit -------------------------------------------------------
@@ -396,3 +412,30 @@ class DeepMatrixCompleter(ParamsMixin):
             self._factors(), to_namespace(rows.astype(np.int64), backend),
             to_namespace(cols.astype(np.int64), backend), backend.xp)
         return to_numpy(values) if as_numpy else values
+
+    def score(self, M, mask=None):
+        """Negative root mean squared error on the observed entries of ``M``.
+
+        Use it on entries held out from ``fit``: higher is better, as
+        scikit-learn's model selection expects (the ``neg_root_mean_squared_error``
+        convention).
+
+        Parameters
+        ----------
+        M : array-like of shape (m, n) or sparse matrix
+            In any form ``fit`` accepts; its observed entries are scored.
+        mask : array-like of bool, shape (m, n), optional
+            True = scored.
+
+        Returns
+        -------
+        float
+            ``-sqrt(mean over the observed (i, j) of (X_ij - M_ij)^2)``.
+        """
+        self._check_fitted()
+        obs, _ = observed_triplets(M, mask)
+        if obs.shape != self.shape_:
+            raise ValueError(f"M has shape {obs.shape} but the model was fitted on shape "
+                             f"{self.shape_}; score entries of the same matrix.")
+        predicted = self.predict(obs.observed_rows, obs.observed_cols, as_numpy=True)
+        return -rmse(predicted, obs.values)

@@ -40,7 +40,7 @@ import warnings
 import numpy as np
 
 from . import models, subspace
-from ._base import ParamsMixin, is_int, is_real
+from ._base import BaseCompleter, check_callbacks, check_verbose, is_int, is_real
 from .backend import make_pattern
 from .datasets import _rng
 from .observations import Observations
@@ -87,32 +87,68 @@ def _as_1d(name, values):
     return array
 
 
+_COLUMN_NAMES = {
+    "user": ("user", "user_id", "userId", "users"),
+    "item": ("item", "item_id", "itemId", "movie_id", "movieId", "items"),
+    "rating": ("rating", "ratings", "score"),
+}
+
+
+def _columns(df, roles):
+    """The DataFrame's columns for ``roles`` (e.g. ``("user", "item")``), as arrays."""
+    columns = [str(c) for c in df.columns]
+    found = []
+    for role in roles:
+        name = next((c for c in _COLUMN_NAMES[role] if c in columns), None)
+        if name is None:
+            raise ValueError(f"the DataFrame needs a {role!r} column (one of "
+                             f"{_COLUMN_NAMES[role]}); it has {columns}.")
+        found.append(np.asarray(df[name]))
+    return found
+
+
+def _pairs(X, items=None):
+    """``(users, items)`` from a pair of arrays, an (n, 2) array or a DataFrame."""
+    if items is not None:
+        return X, items
+    if hasattr(X, "columns"):
+        return tuple(_columns(X, ("user", "item")))
+    pairs = np.asarray(X)
+    if pairs.ndim != 2 or pairs.shape[1] != 2:
+        raise TypeError("pass (users, items) as two equally long arrays, or X as an (n, 2) "
+                        f"array or DataFrame of (user, item) pairs; got shape {pairs.shape}.")
+    return pairs[:, 0], pairs[:, 1]
+
+
 def _triplets(X, y, items, ratings):
-    """``(users, items, ratings)`` from arrays or a DataFrame (``fit``'s input forms)."""
-    if hasattr(X, "columns") and hasattr(X, "__getitem__") and items is None:
-        columns = [str(c) for c in X.columns]
-        names = {}
-        for role, candidates in (("user", ("user", "user_id", "userId", "users")),
-                                 ("item", ("item", "item_id", "itemId", "movie_id", "movieId", "items")),
-                                 ("rating", ("rating", "ratings", "score"))):
-            found = [c for c in candidates if c in columns]
-            if not found:
-                raise ValueError(
-                    f"the DataFrame needs a {role!r} column (one of {candidates}); "
-                    f"it has {columns}.")
-            names[role] = found[0]
-        if y is not None:
-            raise TypeError("pass ratings either as the DataFrame's 'rating' column or as y, not both.")
-        return (np.asarray(X[names["user"]]), np.asarray(X[names["item"]]),
-                np.asarray(X[names["rating"]]))
+    """``(users, items, ratings)`` from ``fit``'s input forms.
+
+    ``fit(users, items, ratings)``; ``fit(df)`` with a rating column;
+    scikit-learn's ``fit(X, y)`` with X an (n, 2) array or a DataFrame of
+    (user, item) pairs (``y`` arrives positionally in ``items``).
+    """
+    if ratings is None and (hasattr(X, "columns") or np.ndim(X) == 2):
+        if items is not None and y is not None:
+            raise TypeError("pass the ratings once: fit(X, y).")
+        ratings = items if items is not None else y
+        if ratings is None:
+            if not hasattr(X, "columns"):
+                raise TypeError("fit(X, y) needs the ratings y for the (user, item) pairs in X.")
+            return tuple(_columns(X, ("user", "item", "rating")))
+        if hasattr(X, "columns") and any(str(c) in _COLUMN_NAMES["rating"] for c in X.columns):
+            raise TypeError("pass ratings either as the DataFrame's rating column or as y, not both.")
+        return (*_pairs(X), ratings)
+    if ratings is None:
+        ratings = y
     if items is None or ratings is None:
         raise TypeError(
-            "fit takes fit(users, items, ratings) with three equally long arrays, or "
-            "fit(df) with a DataFrame holding user, item and rating columns.")
+            "fit takes fit(users, items, ratings) with three equally long arrays, "
+            "fit(X, y) with X an (n, 2) array of (user, item) pairs, or fit(df) with a "
+            "DataFrame holding user, item and rating columns.")
     return X, items, ratings
 
 
-class RatingsCompleter(ParamsMixin):
+class RatingsCompleter(BaseCompleter):
     """Deep matrix completion for (user, item, rating) data with raw ids.
 
     The ratings matrix is modelled as ``mu + b_u + b_i + X`` with ``X`` the
@@ -182,7 +218,16 @@ class RatingsCompleter(ParamsMixin):
         Default: the smallest and largest training rating.
     max_iter : int, default=3000
     record_every : int, default=10
-    verbose : bool, default=False
+    callbacks : callable or list of callables, optional
+        Each is called at every record of the first training run with the
+        record (a dict with the keys of ``history_``); a true return value
+        stops the fit.  Not saved by :meth:`save`.
+    verbose : {0, 1, 2} or bool, default=0
+        0: silent; 1 (or True): a progress bar with the training loss and
+        validation RMSE (tqdm; lines every 5 s without it); 2: a line per
+        record.  Ctrl-C stops a fit cleanly at any level: the best state so
+        far is kept and the refit is skipped (``stop_reason_ ==
+        "interrupted"``).
     random_state : int, numpy Generator or None
         Seeds the validation split and the subspace construction.
 
@@ -204,6 +249,11 @@ class RatingsCompleter(ParamsMixin):
     history_ : dict of 1-D ndarrays
         ``iteration``, ``time``, ``train_loss`` and, with early stopping,
         ``validation_rmse``.
+    stop_reason_ : {"callback", "max_iter", "interrupted"}
+        Why the first training run ended (early stopping counts as
+        ``"callback"``).
+    fit_time_ : float
+        Seconds spent in ``fit``.
 
     Notes
     -----
@@ -222,12 +272,14 @@ class RatingsCompleter(ParamsMixin):
     (unknown user) or ``mu`` (both unknown), clipped like any prediction.
     """
 
+    _persisted_private = ("_observed",)  # recommend(exclude_observed=True) needs the pairs
+
     def __init__(self, rank=32, *, depth=3, init_scale=0.1, lr="auto", lr_multiplier=0.1,
                  gamma=30.0, biases=True, bias_penalty=5.0, bias_lr=0.5, bias_warmup=20,
                  weight_decay=0.0,
                  validation_fraction=0.1, n_iter_no_change=20, refit=True, clip=True,
-                 rating_range=None, max_iter=3000, record_every=10, verbose=False,
-                 random_state=None):
+                 rating_range=None, max_iter=3000, record_every=10, callbacks=None,
+                 verbose=0, random_state=None):
         self.rank = rank
         self.depth = depth
         self.init_scale = init_scale
@@ -246,11 +298,12 @@ class RatingsCompleter(ParamsMixin):
         self.rating_range = rating_range
         self.max_iter = max_iter
         self.record_every = record_every
+        self.callbacks = callbacks
         self.verbose = verbose
         self.random_state = random_state
 
     # -- validation ----------------------------------------------------------
-    def _validate_params(self):
+    def _check_params(self):
         for name in ("rank", "depth", "max_iter", "record_every", "n_iter_no_change"):
             value = getattr(self, name)
             least = 2 if name == "depth" else 1
@@ -272,7 +325,9 @@ class RatingsCompleter(ParamsMixin):
         if not is_real(self.validation_fraction) or not 0 <= self.validation_fraction < 1:
             raise ValueError(
                 f"validation_fraction must be in [0, 1); got {self.validation_fraction!r}.")
-        for name in ("biases", "clip", "refit", "verbose"):
+        check_callbacks(self.callbacks)
+        check_verbose(self.verbose)
+        for name in ("biases", "clip", "refit"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise TypeError(f"{name} must be True or False; got {getattr(self, name)!r}.")
         if self.rating_range is not None:
@@ -294,20 +349,30 @@ class RatingsCompleter(ParamsMixin):
 
         Parameters
         ----------
-        X : array-like of ids, or pandas.DataFrame
-            The users (integers or strings), with ``items`` and ``ratings``;
-            or a DataFrame with ``user``, ``item`` and ``rating`` columns
-            (``user_id``/``item_id``/``movie_id``/``userId``/``movieId`` also
-            accepted), then ``items`` and ``ratings`` stay None.
-        items : array-like of ids, same length as users
-        ratings : array-like of float, same length
+        X : array-like of ids, array of shape (n, 2), or pandas.DataFrame
+            One of:
+
+            * the users (integers or strings), with ``items`` and ``ratings``;
+            * a DataFrame with ``user``, ``item`` and ``rating`` columns
+              (``user_id``/``item_id``/``movie_id``/``userId``/``movieId``
+              also accepted), then ``items`` and ``ratings`` stay None;
+            * scikit-learn's form ``fit(X, y)``: an (n, 2) array (both
+              columns share one dtype) or a DataFrame of (user, item) pairs,
+              with the ratings as ``y``, so that ``GridSearchCV`` and
+              ``cross_val_score`` work.
+        items : array-like of ids, optional
+            Same length as the users; in ``fit(X, y)`` it receives ``y``.
+        ratings : array-like of float, optional
+            Same length.
+        y : array-like of float, optional
+            The ratings, for ``fit(X, y=...)``.
 
         Returns
         -------
         self
         """
         start = time.perf_counter()
-        self._validate_params()
+        self._check_params()
         users, items, ratings = _triplets(X, y, items, ratings)
         users, items = _as_1d("users", users), _as_1d("items", items)
         ratings = np.asarray(ratings)
@@ -350,18 +415,32 @@ class RatingsCompleter(ParamsMixin):
                                  f"out of {ratings.size}.")
             train[rng.choice(ratings.size, n_validation, replace=False)] = False
         initial_state = rng.bit_generator.state
-        state, history, n_iter, best_iter = self._train(
-            shape, rows, cols, ratings, train, rng, start, max_iter=self.max_iter)
-        if self.refit and self.validation_fraction > 0:
+        user_callbacks = [lambda record, _, user=user: user(record)
+                          for user in check_callbacks(self.callbacks)]
+        fitted, result, best_iter = self._train(
+            shape, rows, cols, ratings, train, rng, start, max_iter=self.max_iter,
+            callbacks=user_callbacks)
+        # an interrupted fit keeps its best state; the refit would start over
+        if self.refit and self.validation_fraction > 0 and result.stop_reason != "interrupted":
             rng.bit_generator.state = initial_state
-            state, _, _, _ = self._train(shape, rows, cols, ratings, np.ones_like(train), rng,
-                                         start, max_iter=max(best_iter, 1))
-        self.n_iter_, self.best_iter_, self.history_ = n_iter, best_iter, history
+            refitted, refit_result, _ = self._train(
+                shape, rows, cols, ratings, np.ones_like(train), rng, start,
+                max_iter=max(best_iter, 1), callbacks=[])
+            if refit_result.stop_reason != "interrupted":
+                fitted = refitted
+        for name, value in fitted.items():
+            setattr(self, name, value)
+        self.n_iter_, self.best_iter_, self.history_ = result.n_iter, best_iter, result.history
+        self.stop_reason_ = result.stop_reason
         self.fit_time_ = time.perf_counter() - start
         return self
 
-    def _train(self, shape, rows, cols, ratings, train, rng, start, *, max_iter):
-        """Gradient descent on the ``train`` part; returns the state kept and its history."""
+    def _train(self, shape, rows, cols, ratings, train, rng, start, *, max_iter, callbacks):
+        """Gradient descent on the ``train`` part.
+
+        Returns the fitted attributes of the state kept (a dict), the
+        solver's result and the step of that state.
+        """
         L, eps = self.depth, self.init_scale
         mu = float(ratings[train].mean())
         obs = Observations(shape, rows[train], cols[train], ratings[train] - mu)
@@ -422,27 +501,28 @@ class RatingsCompleter(ParamsMixin):
         validation = ~train
         v_rows, v_cols, v_values = rows[validation], cols[validation], ratings[validation]
         best = {"rmse": np.inf, "iter": 0, "state": None, "since": 0}
-        rmse_log = []
         low, high = self.rating_range_
 
-        def callback(record, s):
-            if not validation.any():
-                return False
+        def validation_rmse(s):
             A = s.row_factors()
             pred = mu + scale * (np.einsum("ij,ij->i", A[v_rows], s.factors.right[v_cols])
                                  + s.user_bias[v_rows] + s.item_bias[v_cols])
             if self.clip:
                 np.clip(pred, low, high, out=pred)
-            rmse = float(np.sqrt(np.mean((pred - v_values) ** 2)))
-            rmse_log.append(rmse)
-            if self.verbose:
-                print(f"iteration={record['iteration']} validation_rmse={rmse:.5f}")
+            return float(np.sqrt(np.mean((pred - v_values) ** 2)))
+
+        def early_stopping(record, s):
+            rmse = record["validation_rmse"]
             if rmse < best["rmse"]:
                 best.update(rmse=rmse, iter=record["iteration"], state=s.copy(), since=0)
                 return False
             best["since"] += 1
             return best["since"] >= self.n_iter_no_change
 
+        metrics, callbacks = {}, list(callbacks)
+        if validation.any():
+            metrics["validation_rmse"] = validation_rmse
+            callbacks.insert(0, early_stopping)
         outer = self.gamma * lr
         step_sizes = [outer] + [lr] * L + [outer, 1.0, 1.0]
         with warnings.catch_warnings():
@@ -450,26 +530,24 @@ class RatingsCompleter(ParamsMixin):
             result = gradient_descent(
                 state, loss_and_gradients, step_sizes, max_iter=max_iter, tol=0.0,
                 observed_norm=float(np.linalg.norm(values)), record_every=self.record_every,
-                callback=callback, start_time=start, verbose=False)
+                metrics=metrics, callbacks=callbacks, loss_unit=scale**2, start_time=start,
+                verbose=int(self.verbose))
         if best["state"] is not None:
             state, best_iter = best["state"], best["iter"]
-            if not result.stopped_by_callback:
+            if result.stop_reason == "max_iter":
                 warnings.warn(
                     f"validation RMSE still improved within the last {self.n_iter_no_change} "
                     f"records at max_iter={max_iter}; raise max_iter or lr_multiplier.",
                     ConvergenceWarning, stacklevel=3)
         else:
             best_iter = result.n_iter
-        history = dict(result.history, train_loss=result.history["train_loss"] * scale**2)
-        if rmse_log:
-            history["validation_rmse"] = np.asarray(rmse_log)
-        # store in rating units
-        self.global_mean_, self.scale_, self.lr_ = mu, scale, lr
-        self.row_factors_ = scale * state.row_factors()
-        self.column_factors_ = state.factors.right.copy()
-        self.user_bias_ = scale * state.user_bias
-        self.item_bias_ = scale * state.item_bias
-        return state, history, result.n_iter, best_iter
+        fitted = {  # in rating units
+            "global_mean_": mu, "scale_": scale, "lr_": lr,
+            "row_factors_": scale * state.row_factors(),
+            "column_factors_": state.factors.right.copy(),
+            "user_bias_": scale * state.user_bias, "item_bias_": scale * state.item_bias,
+        }
+        return fitted, result, best_iter
 
     # -- using the fit -------------------------------------------------------
     def _check_fitted(self):
@@ -489,12 +567,17 @@ class RatingsCompleter(ParamsMixin):
         position = np.minimum(position, known.size - 1)
         return position.astype(np.int64), known[position] == ids
 
-    def predict(self, users, items):
+    def predict(self, users, items=None):
         """Predicted ratings for ``(users[i], items[i])``, in the fitted ids.
 
         Parameters
         ----------
-        users, items : array-like of ids, same length (or scalars)
+        users : array-like of ids, scalar, (n, 2) array or DataFrame
+            The users, with ``items``; or, with ``items=None``, (user,
+            item) pairs as an (n, 2) array or a DataFrame with user and item
+            columns (scikit-learn's ``predict(X)``).
+        items : array-like of ids or scalar, optional
+            Same length as ``users``.
 
         Returns
         -------
@@ -505,6 +588,7 @@ class RatingsCompleter(ParamsMixin):
             ``mu + b_u`` for an unknown item, ``mu`` for both.
         """
         self._check_fitted()
+        users, items = _pairs(users, items)
         users, items = _as_1d("users", users), _as_1d("items", items)
         if users.shape != items.shape:
             raise ValueError(f"users and items must be equally long; got {users.size} and {items.size}.")
@@ -518,6 +602,36 @@ class RatingsCompleter(ParamsMixin):
         if self.clip:
             np.clip(pred, *self.rating_range_, out=pred)
         return pred
+
+    def score(self, X, y, sample_weight=None):
+        """Coefficient of determination R^2 of ``predict(X)`` against ratings ``y``.
+
+        scikit-learn's regressor score, so that ``GridSearchCV`` and
+        ``cross_val_score`` rank models by it (higher is better); pass
+        ``scoring="neg_root_mean_squared_error"`` to rank by RMSE instead
+        (the same order on one validation set).
+
+        Parameters
+        ----------
+        X : (n, 2) array or DataFrame of (user, item) pairs
+        y : array-like of float, shape (n,)
+            The true ratings.
+        sample_weight : array-like of float, shape (n,), optional
+
+        Returns
+        -------
+        float
+            ``1 - sum w (y - y_hat)^2 / sum w (y - mean_w(y))^2``.
+        """
+        y = np.asarray(y, dtype=np.float64)
+        predicted = self.predict(X)
+        if y.shape != predicted.shape:
+            raise ValueError(f"y must hold one rating per pair; got {y.shape[0] if y.ndim else 1} "
+                             f"ratings for {predicted.size} pairs.")
+        weights = np.ones_like(y) if sample_weight is None else np.asarray(sample_weight, np.float64)
+        residual = np.sum(weights * (y - predicted) ** 2)
+        total = np.sum(weights * (y - np.average(y, weights=weights)) ** 2)
+        return float(1.0 - residual / total) if total > 0 else float(residual == 0)
 
     def recommend(self, user, k=10, *, exclude_observed=True):
         """Top-``k`` items for one user or a batch of users.

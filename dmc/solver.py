@@ -12,29 +12,56 @@ observed entries,
 
     sqrt(sum over Omega (X_ij - M_ij)^2) / sqrt(sum over Omega M_ij^2),
 
-is at most ``tol``, or when ``callback`` returns True, or after
-``max_iter`` steps (then a :class:`ConvergenceWarning` is issued).  Stopping
+is at most ``tol`` (``stop_reason`` ``"tol"``), when a callback returns a
+true value (``"callback"``), after ``max_iter`` steps (``"max_iter"``, with a
+:class:`ConvergenceWarning`), or on Ctrl-C (``"interrupted"``, with a
+:class:`FitInterruptedWarning`).  Stopping
 is checked only at recorded steps (every ``record_every`` steps), which keeps
 GPU backends free of per-step host synchronisation.  A relative-change
 criterion is deliberately not used: deep factorizations started near zero
 spend long plateaus with almost constant loss before each singular value is
 learned, and such a rule would stop them on the first plateau.
+
+Interruption
+------------
+While the loop runs in the main thread, the first Ctrl-C (SIGINT) only sets
+a flag: the step under way completes, the state reached is recorded and
+returned, and a :class:`FitInterruptedWarning` says so.  A second Ctrl-C
+raises ``KeyboardInterrupt`` at once, as usual.  Deferring the signal keeps
+the factors consistent: an interrupt between two factor updates would leave
+a half-applied step.
+
+Progress
+--------
+``verbose=1`` shows a progress bar (tqdm, from ``dmc[progress]``) with the
+loss and, when tracked, the recovery error; without tqdm it prints a record
+line at most every 5 seconds.  ``verbose=2`` prints every record.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["ConvergenceWarning", "DivergenceError", "SolverResult", "gradient_descent"]
+__all__ = ["ConvergenceWarning", "DivergenceError", "FitInterruptedWarning", "SolverResult",
+           "STOP_REASONS", "gradient_descent"]
+
+STOP_REASONS = ("tol", "callback", "max_iter", "interrupted")
 
 
 class ConvergenceWarning(UserWarning):
     """The fit reached ``max_iter`` before meeting ``tol``."""
+
+
+class FitInterruptedWarning(UserWarning):
+    """The fit was interrupted (Ctrl-C); the state reached so far was kept."""
 
 
 class DivergenceError(FloatingPointError):
@@ -43,16 +70,129 @@ class DivergenceError(FloatingPointError):
 
 @dataclass
 class SolverResult:
+    """What :func:`gradient_descent` returns.
+
+    Attributes
+    ----------
+    factors : object
+        The trained factors (the object passed in, updated in place).
+    history : dict of 1-D ndarrays
+        One entry per record: ``iteration``, ``time``, ``train_loss`` and
+        one per metric.
+    n_iter : int
+        Gradient steps taken.
+    stop_reason : {"tol", "callback", "max_iter", "interrupted"}
+        Why the loop ended.
+    """
+
     factors: object
     history: dict
     n_iter: int
-    converged: bool
-    stopped_by_callback: bool = False
+    stop_reason: str
     extra: dict = field(default_factory=dict)
+
+    @property
+    def converged(self) -> bool:
+        """Whether ``tol`` was met."""
+        return self.stop_reason == "tol"
+
+    @property
+    def stopped_by_callback(self) -> bool:
+        """Whether a callback ended the fit."""
+        return self.stop_reason == "callback"
 
 
 def _as_float(x) -> float:
     return float(x.item() if hasattr(x, "item") else x)
+
+
+@contextlib.contextmanager
+def _deferred_interrupt():
+    """Turn the first SIGINT into a flag (``flag["set"]``) for the duration.
+
+    Only possible in the main thread and when SIGINT has Python's default
+    handler (as in a terminal or a Jupyter cell); elsewhere the flag never
+    sets and Ctrl-C raises KeyboardInterrupt as usual.
+    """
+    flag = {"set": False}
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag["set"]:  # a second Ctrl-C means now
+            raise KeyboardInterrupt
+        flag["set"] = True
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _format_record(record) -> str:
+    return " ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in record.items())
+
+
+class _NoProgress:
+    """Silent reporter; the others override ``update`` and ``close``."""
+
+    def update(self, record, final=False):
+        pass
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+class _LineProgress(_NoProgress):
+    """One printed line per record, at most one every ``interval`` seconds."""
+
+    def __init__(self, interval):
+        self.interval = interval
+        self.last = -math.inf
+
+    def update(self, record, final=False):
+        now = time.perf_counter()
+        if final or now - self.last >= self.interval:
+            print(_format_record(record), flush=True)
+            self.last = now
+
+
+class _BarProgress(_NoProgress):
+    """A tqdm bar over ``max_iter`` steps with the latest record as postfix."""
+
+    def __init__(self, tqdm, max_iter):
+        self.bar = tqdm(total=max_iter, unit="step", dynamic_ncols=True, leave=True)
+
+    def update(self, record, final=False):
+        self.bar.update(record["iteration"] - self.bar.n)
+        self.bar.set_postfix({k: f"{v:.3e}" for k, v in record.items()
+                              if k not in ("iteration", "time")}, refresh=final)
+
+    def close(self):
+        self.bar.close()
+
+
+def _progress(verbose, max_iter):
+    """The progress reporter for ``verbose`` (0: none, 1: bar, 2: every record)."""
+    if not verbose:
+        return _NoProgress()
+    if verbose >= 2:
+        return _LineProgress(0.0)
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # the bar is an extra (dmc[progress]); lines still inform
+        return _LineProgress(5.0)
+    return _BarProgress(tqdm, max_iter)
 
 
 # Overflow between records is reported as a DivergenceError with advice at the
@@ -67,97 +207,116 @@ def gradient_descent(
     tol,
     observed_norm,
     record_every=10,
-    recovery_error=None,
-    callback=None,
+    metrics=None,
+    callbacks=(),
+    loss_unit=1.0,
     start_time=None,
-    verbose=False,
+    verbose=0,
 ):
     """Run gradient descent ``f <- f - step * grad f`` factor by factor.
 
     Parameters
     ----------
     factors : DeepFactors
-        Updated in place.
+        Updated in place; any object whose ``arrays()`` lists the arrays to
+        train in the order of ``step_sizes``.
     loss_and_gradients : callable
-        ``factors -> (loss, DeepFactors of gradients)``.
+        ``factors -> (loss, gradients)``, ``gradients`` with ``arrays()``.
     step_sizes : sequence of float
         One step size per factor, in the order of ``factors.arrays()``.
     max_iter : int
+        Maximum number of steps.
     tol : float
         Relative-residual tolerance (module docstring).
     observed_norm : float
         ``sqrt(sum over Omega M_ij^2)``, the denominator of the residual.
     record_every : int
         Steps between history records and stopping checks.
-    recovery_error : callable, optional
-        ``factors -> float``, recorded as ``recovery_error``.
-    callback : callable, optional
-        ``(record, factors) -> bool``, called at every record with the
-        record (a dict) and the current factors (read-only); True stops the
-        fit.  Early stopping on held-out data and keeping the best state are
-        built on this hook.
+    metrics : dict of callables, optional
+        ``name -> (factors -> float)``, evaluated and recorded under
+        ``name`` at every record (e.g. ``recovery_error`` against a known
+        matrix, a validation RMSE).  Their time is excluded from the
+        recorded times.
+    callbacks : sequence of callables
+        Each called as ``callback(record, factors)`` at every record, with
+        the record (a dict) and the current factors (read-only); a true
+        return value stops the fit.  Early stopping on held-out data and
+        keeping the best state are built on this hook.
+    loss_unit : float
+        Factor from the loss returned by ``loss_and_gradients`` to the
+        ``train_loss`` recorded (an estimator that fits ``M / s`` passes
+        ``s**2``); the stopping rule does not depend on it.
     start_time : float, optional
         ``time.perf_counter()`` value that history times count from (so that
-        initialization time is included); default now.  Time spent computing
-        ``recovery_error`` is excluded from the recorded times.
-    verbose : bool
+        initialization time is included); default now.
+    verbose : int
+        0: silent; 1: progress bar; 2: a line per record (module docstring).
 
     Returns
     -------
     SolverResult
     """
     start_time = time.perf_counter() if start_time is None else start_time
-    records = {"iteration": [], "time": [], "train_loss": []}
-    if recovery_error is not None:
-        records["recovery_error"] = []
+    metrics = dict(metrics or {})
+    records = {key: [] for key in ("iteration", "time", "train_loss", *metrics)}
     first_loss = None
     evaluation_seconds = 0.0
-    converged = stopped = False
+    reason = None
     arrays = factors.arrays()
     iteration = 0
-    while True:
-        loss, grads = loss_and_gradients(factors)
-        if iteration % record_every == 0 or iteration == max_iter:
-            loss_value = _as_float(loss)  # the only host synchronisation
-            first_loss = loss_value if first_loss is None else first_loss
-            if not math.isfinite(loss_value) or loss_value > 1e8 * max(first_loss, 1e-300):
-                raise DivergenceError(
-                    f"training diverged at step {iteration} (loss {loss_value:.3g}, "
-                    f"initially {first_loss:.3g}); use a smaller lr (the step size "
-                    f"used was {step_sizes[1] if len(step_sizes) > 2 else step_sizes[0]:.3g})."
-                )
-            record = {"iteration": iteration,
-                      "time": time.perf_counter() - start_time - evaluation_seconds,
-                      "train_loss": loss_value}
-            if recovery_error is not None:
+    with _deferred_interrupt() as interrupt, _progress(verbose, max_iter) as progress:
+        while True:
+            loss, grads = loss_and_gradients(factors)
+            if (iteration % record_every == 0 or iteration == max_iter or interrupt["set"]):
+                loss_value = _as_float(loss)  # the only host synchronisation
+                first_loss = loss_value if first_loss is None else first_loss
+                if not math.isfinite(loss_value) or loss_value > 1e8 * max(first_loss, 1e-300):
+                    raise DivergenceError(
+                        f"training diverged at step {iteration} (loss {loss_value:.3g}, "
+                        f"initially {first_loss:.3g}); use a smaller lr (the step size "
+                        f"used was {step_sizes[1] if len(step_sizes) > 2 else step_sizes[0]:.3g})."
+                    )
+                record = {"iteration": iteration,
+                          "time": time.perf_counter() - start_time - evaluation_seconds,
+                          "train_loss": loss_value * loss_unit}
                 evaluation_start = time.perf_counter()
-                record["recovery_error"] = float(recovery_error(factors))
-                # the dense product behind the error is monitoring, not training
+                for name, metric in metrics.items():
+                    record[name] = float(metric(factors))
+                # e.g. the dense product behind a recovery error: monitoring, not training
                 evaluation_seconds += time.perf_counter() - evaluation_start
-            for key, value in record.items():
-                records[key].append(value)
-            if verbose:
-                print(" ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
-                               for k, v in record.items()))
-            if math.sqrt(2.0 * loss_value) <= tol * observed_norm:
-                converged = True
-            elif callback is not None and callback(record, factors):
-                stopped = True
-            if converged or stopped or iteration == max_iter:
-                break
-        for array, grad, step in zip(arrays, grads.arrays(), step_sizes):
-            if step != 0.0:
-                array -= step * grad
-        iteration += 1
+                for key, value in record.items():
+                    records[key].append(value)
+                if math.sqrt(2.0 * loss_value) <= tol * observed_norm:
+                    reason = "tol"
+                elif interrupt["set"]:
+                    reason = "interrupted"
+                elif any([callback(dict(record), factors) for callback in callbacks]):
+                    reason = "callback"  # every callback sees every record
+                elif iteration == max_iter:
+                    reason = "max_iter"
+                progress.update(record, final=reason is not None)
+                if reason is not None:
+                    break
+            for array, grad, step in zip(arrays, grads.arrays(), step_sizes):
+                if step != 0.0:
+                    array -= step * grad
+            iteration += 1
     history = {key: np.asarray(values, dtype=np.int64 if key == "iteration" else np.float64)
                for key, values in records.items()}
-    if not (converged or stopped):
+    if reason == "max_iter":
         warnings.warn(
             f"gradient descent stopped at max_iter={max_iter} before the relative "
             f"residual on the observed entries reached tol={tol:g} (it is "
-            f"{math.sqrt(2.0 * history['train_loss'][-1]) / observed_norm:.3g}); "
+            f"{math.sqrt(2.0 * history['train_loss'][-1] / loss_unit) / observed_norm:.3g}); "
             "raise max_iter or tol, or check lr.",
             ConvergenceWarning,
             stacklevel=3,
         )
-    return SolverResult(factors, history, iteration, converged, stopped)
+    elif reason == "interrupted":
+        warnings.warn(
+            f"fit interrupted at step {iteration} (Ctrl-C); the state reached so far was "
+            "kept. Call fit again to start over.",
+            FitInterruptedWarning,
+            stacklevel=3,
+        )
+    return SolverResult(factors, history, iteration, reason)

@@ -100,8 +100,8 @@ def test_bad_parameters(problem, name, value):
 
 def test_bad_types(problem):
     M, mask = problem
-    with pytest.raises(TypeError, match="callback"):
-        fit(M, mask, callback=3)
+    with pytest.raises(TypeError, match="callbacks"):
+        fit(M, mask, callbacks=3)
     with pytest.raises(TypeError, match="normalize"):
         fit(M, mask, normalize="yes")
     with pytest.raises(TypeError, match="real numbers"):

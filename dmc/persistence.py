@@ -1,0 +1,232 @@
+"""Saving fitted estimators to one portable ``.npz`` file, and loading them back.
+
+No pickle is involved, so a file can be loaded safely from an untrusted
+source and read by any NumPy (``numpy.load(path, allow_pickle=False)``).
+
+File format (``format_version`` 1)
+----------------------------------
+An ordinary NumPy ``.npz`` archive (a zip of ``.npy`` files) holding:
+
+* ``__dmc__``: a 0-d unicode array with a JSON header::
+
+      {"format": "dmc.estimator", "format_version": 1, "dmc_version": "0.1.0",
+       "class": "DeepMatrixCompleter", "params": {...}, "state": {...}}
+
+  ``params`` are the estimator's ``get_params()`` (tuples as
+  ``{"__tuple__": [...]}``; callbacks and random Generators are written as
+  null, with a warning).  ``state`` maps every fitted attribute to either a
+  JSON value or a reference to archive members: ``{"__array__": name,
+  "on_backend": bool}``, ``{"__list__": [...]}``, ``{"__dict__": {...}}``,
+  ``{"__backend__": name, "device": str}``.
+* one ``.npy`` member per array, named after its attribute
+  (``inner_factors_.0``, ``history_.train_loss``, ...).
+
+Arrays marked ``on_backend`` (the fitted factors of a torch or CuPy fit)
+are put back on the backend and device asked for at load time, so a model
+fitted on a GPU loads on a CPU-only machine with ``backend="numpy"``.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .backend import Backend, _kind_of, to_namespace, to_numpy
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "load_estimator", "save_estimator"]
+
+FORMAT = "dmc.estimator"
+FORMAT_VERSION = 1
+_HEADER = "__dmc__"
+
+
+def _estimator_classes():
+    from .estimator import DeepMatrixCompleter
+    from .ratings import RatingsCompleter
+
+    return {cls.__name__: cls for cls in (DeepMatrixCompleter, RatingsCompleter)}
+
+
+# -- writing -----------------------------------------------------------------
+def _param_to_json(name, value, lost):
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, float, np.integer, np.floating, np.bool_)):
+        return value.item() if isinstance(value, np.generic) else value
+    if isinstance(value, tuple):
+        return {"__tuple__": [_param_to_json(name, v, lost) for v in value]}
+    if isinstance(value, list) and not any(callable(v) for v in value):
+        return [_param_to_json(name, v, lost) for v in value]
+    kind = type(value).__module__.split(".")[0]
+    if kind in ("torch", "numpy") and ("dtype" in type(value).__name__.lower()
+                                       or type(value).__name__ == "device"):
+        return str(value).replace("torch.", "")  # torch.float32 -> "float32", device -> "cuda:0"
+    if type(value).__name__ == "dtype" or isinstance(value, type):
+        return np.dtype(value).name
+    lost.append(name)  # callables, Generators, ...: code and live objects are not data
+    return None
+
+
+def _state_to_json(name, value, arrays, on_backend):
+    if isinstance(value, Backend):
+        # CuPy devices are saved by number, torch devices by name ("cuda:0")
+        return {"__backend__": value.name, "device": str(getattr(value.device, "id", value.device))}
+    kind = _kind_of(value)
+    if kind in ("numpy", "torch", "cupy") and hasattr(value, "shape"):
+        array = to_numpy(value)
+        if array.dtype == object:
+            try:
+                array = array.astype(str)
+            except (TypeError, ValueError):
+                raise TypeError(f"{name} holds objects that cannot be saved without pickle.") from None
+        arrays[name] = array
+        return {"__array__": name, "on_backend": on_backend}
+    if isinstance(value, dict):
+        return {"__dict__": {str(k): _state_to_json(f"{name}.{k}", v, arrays, on_backend)
+                             for k, v in value.items()}}
+    if isinstance(value, (list, tuple)):
+        key = "__list__" if isinstance(value, list) else "__tuple__"
+        return {key: [_state_to_json(f"{name}.{i}", v, arrays, on_backend)
+                      for i, v in enumerate(value)]}
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"cannot save attribute {name} of type {type(value).__name__}.")
+
+
+def _fitted_state(estimator):
+    names = [n for n in vars(estimator) if n.endswith("_") and not n.startswith("_")]
+    names += [n for n in estimator._persisted_private if hasattr(estimator, n)]
+    if not names:
+        raise ValueError(f"this {type(estimator).__name__} is not fitted yet; fit it before save().")
+    return {n: getattr(estimator, n) for n in names}
+
+
+def save_estimator(estimator, path):
+    """Write ``estimator`` to ``path`` in the format above; returns the Path."""
+    from . import __version__
+
+    path = Path(path)
+    lost = []
+    params = {k: _param_to_json(k, v, lost) for k, v in estimator.get_params(deep=False).items()}
+    if lost:
+        warnings.warn(f"{', '.join(lost)} cannot be saved without pickle and will be None in "
+                      "the loaded estimator.", UserWarning, stacklevel=3)
+    arrays = {}
+    # the fitted factors live on the fit's backend (NumPy included); loading
+    # onto another backend moves exactly these, histories stay NumPy
+    state = {name: _state_to_json(name, value, arrays, name in estimator._backend_state)
+             for name, value in _fitted_state(estimator).items()}
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, "dmc_version": __version__,
+              "class": type(estimator).__name__, "params": params, "state": state}
+    with open(path, "wb") as file:  # a file object: np.savez would append ".npz" to a name
+        np.savez(file, **{_HEADER: np.array(json.dumps(header))}, **arrays)
+    return path
+
+
+# -- reading -----------------------------------------------------------------
+def _param_from_json(value):
+    if isinstance(value, dict) and "__tuple__" in value:
+        return tuple(_param_from_json(v) for v in value["__tuple__"])
+    if isinstance(value, list):
+        return [_param_from_json(v) for v in value]
+    return value
+
+
+def _read_header(archive, path):
+    if _HEADER not in archive.files:
+        raise ValueError(f"{path} is a NumPy archive but not a dmc model (no {_HEADER} entry); "
+                         "dmc models are written by estimator.save(path).")
+    header = json.loads(str(archive[_HEADER]))
+    if header.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a dmc model file (format {header.get('format')!r}).")
+    if header.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{path} was written by dmc {header.get('dmc_version')} in format "
+                         f"version {header['format_version']}; this dmc reads up to version "
+                         f"{FORMAT_VERSION}. Upgrade dmc to load it.")
+    return header
+
+
+def load_estimator(path, *, backend=None, device=None, expected=None):
+    """The estimator saved at ``path`` (see :meth:`dmc.DeepMatrixCompleter.load`).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    backend : {"numpy", "torch", "cupy"}, optional
+        Backend for the fitted factors; default the saved one.
+    device : str, optional
+        Device on that backend.
+    expected : type, optional
+        The class the caller expects; a file holding another class raises.
+
+    Returns
+    -------
+    estimator
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no model file at {path}.")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as error:  # not an npz (zip) file at all
+        raise ValueError(f"{path} is not a dmc model file (.npz): {error}") from None
+    with archive:
+        header = _read_header(archive, path)
+        classes = _estimator_classes()
+        name = header["class"]
+        if name not in classes:
+            raise ValueError(f"{path} holds an unknown estimator class {name!r}.")
+        cls = classes[name]
+        if expected is not None and cls is not expected:
+            raise ValueError(f"{path} holds a {name}; load it with {name}.load(path).")
+        params = {k: _param_from_json(v) for k, v in header["params"].items()}
+        has_backend = "backend" in params
+        if (backend is not None or device is not None) and not has_backend:
+            raise ValueError(f"{name} runs on NumPy only; load it without backend or device.")
+        saved = header["state"].get("backend_")
+        target = None
+        if saved is not None:
+            name_ = backend or saved["__backend__"]
+            if device is None and name_ == saved["__backend__"]:
+                device = None if name_ == "numpy" else saved["device"]
+            if name_ == "cupy" and isinstance(device, str) and device.isdigit():
+                device = int(device)
+            if name_ not in ("numpy", "torch", "cupy"):
+                raise ValueError(f'backend must be "numpy", "torch" or "cupy"; got {name_!r}.')
+            try:
+                target = Backend(name_, device)
+            except RuntimeError as error:
+                raise ValueError(f"cannot place the saved model on backend={name_!r}, "
+                                 f"device={device!r} ({error}); pass backend='numpy' or "
+                                 "device='cpu' to load it elsewhere.") from None
+            if backend is not None:
+                params["backend"] = backend
+            if backend is not None or device is not None:
+                params["device"] = None if target.name == "numpy" else str(target.device)
+        estimator = cls(**params)
+
+        def restore(value):
+            if isinstance(value, dict):
+                if "__array__" in value:
+                    array = archive[value["__array__"]]
+                    if value.get("on_backend") and target is not None:
+                        return to_namespace(array, target)
+                    return array
+                if "__backend__" in value:
+                    return target
+                if "__dict__" in value:
+                    return {k: restore(v) for k, v in value["__dict__"].items()}
+                if "__list__" in value:
+                    return [restore(v) for v in value["__list__"]]
+                if "__tuple__" in value:
+                    return tuple(restore(v) for v in value["__tuple__"])
+            return value
+
+        for attribute, value in header["state"].items():
+            setattr(estimator, attribute, restore(value))
+    return estimator
