@@ -1,106 +1,824 @@
 """The ``dmc`` command.
 
-``dmc demo``      complete a synthetic low-rank matrix and report the recovery error.
-``dmc complete``  complete a matrix stored as .npy (NaN = missing) or .npz (scipy.sparse).
+``dmc demo``       complete a synthetic low-rank matrix, print the recovery
+                   error as it trains and plot the history.
+``dmc complete``   complete a matrix read from .npy, .npz, .mtx or CSV triplets
+                   and write the completed matrix or predictions at given pairs.
+``dmc bench``      run a benchmark script of a source checkout.
+
+Exit status: 0 on success, 2 on a usage error or bad input, 1 when the run
+itself fails (divergence, a missing optional dependency, an unwritable
+output), 130 when interrupted.  Errors are one line ``dmc: error: ...`` on
+stderr; ``dmc --debug ...`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import subprocess
 import sys
 import time
+import warnings
+from pathlib import Path
 
-import numpy as np
+__all__ = ["main"]
 
-
-def _add_model_arguments(parser):
-    parser.add_argument("--rank", type=int, default=10, help="rank budget (model width is 2*rank)")
-    parser.add_argument("--depth", type=int, default=3)
-    parser.add_argument("--method", default="compressed", choices=["compressed", "original", "narrow"])
-    parser.add_argument("--max-iter", type=int, default=20000)
-    parser.add_argument("--tol", type=float, default=1e-7)
-    parser.add_argument("--seed", type=int, default=0)
+_MODEL_DEFAULTS = dict(rank=10, depth=3, method="compressed", max_iter=20000, tol=1e-7,
+                       init_scale=1e-3, lr="auto", gamma=0.01)
+_INPUT_FORMATS = ".npy, .npz, .mtx (or .mtx.gz), or CSV triplets .csv/.tsv/.txt"
+_TEXT_SUFFIXES = (".csv", ".tsv", ".txt")
 
 
-def _estimator(args, **extra):
+class CLIError(Exception):
+    """A failure reported as one ``dmc: error:`` line with the given exit status."""
+
+    def __init__(self, message, status=2):
+        super().__init__(message)
+        self.status = status
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Wraps one-paragraph texts, keeps the line breaks of texts that have them."""
+
+    def _fill_text(self, text, width, indent):
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``dmc: error: ... (see 'dmc X --help')``."""
+
+    def error(self, message):
+        self.exit(2, f"dmc: error: {message} (see '{self.prog} --help')\n")
+
+
+# -- small helpers -------------------------------------------------------------
+def _version():
+    """The installed distribution's version, else the package's own ``__version__``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dmc")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
+def _one_line(text):
+    return " ".join(str(text).split())
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """warnings.showwarning replacement: one line ``dmc: warning: ...``."""
+    from .solver import ConvergenceWarning
+
+    prefix = "" if issubclass(category, (ConvergenceWarning,)) or category is UserWarning \
+        else f"{category.__name__}: "
+    print(f"dmc: warning: {prefix}{_one_line(message)}", file=sys.stderr, flush=True)
+
+
+def _suffix(path):
+    """Lower-case extension, ``.mtx`` for ``.mtx.gz`` / ``.mtx.bz2``."""
+    name = str(path).lower()
+    for compressed in (".gz", ".bz2"):
+        if name.endswith(".mtx" + compressed):
+            return ".mtx"
+    return Path(name).suffix
+
+
+def _lr(text):
+    if text == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'must be "auto" or a positive number, not {text!r}') from None
+    return value
+
+
+def _fraction(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], not {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], not {text}")
+    return value
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
+    return value
+
+
+def _check_writable_target(path, what):
+    """Fail early (before a long fit) when ``path``'s folder does not exist."""
+    if str(path) == "-":
+        return
+    parent = Path(path).expanduser().resolve().parent
+    if not parent.is_dir():
+        raise CLIError(f"cannot write {what} {path}: folder {parent} does not exist")
+    if Path(path).is_dir():
+        raise CLIError(f"cannot write {what} {path}: it is a folder")
+
+
+def _estimator_params():
+    import inspect
+
     from .estimator import DeepMatrixCompleter
 
-    return DeepMatrixCompleter(rank=args.rank, depth=args.depth, method=args.method,
-                               max_iter=args.max_iter, tol=args.tol, random_state=args.seed, **extra)
+    return list(inspect.signature(DeepMatrixCompleter.__init__).parameters)
+
+
+def _record_hook(function):
+    """Estimator keyword arguments that call ``function(record)`` at each history record.
+
+    Uses ``callbacks`` (a list) where the estimator has it and the older
+    single ``callback`` otherwise; either way the callable receives the
+    record dict (possibly among other arguments) and returns None, which
+    never stops the fit.
+    """
+
+    def hook(*args, **kwargs):
+        for value in (*args, *kwargs.values()):
+            if isinstance(value, dict):
+                function(value)
+                break
+        return None
+
+    names = _estimator_params()
+    if "callbacks" in names:
+        return {"callbacks": [hook]}
+    if "callback" in names:
+        return {"callback": hook}
+    return {}
+
+
+def _verbose_level(count):
+    """-v: 1 (progress bar), -vv: 2 (a line per record); a bool for estimators without levels."""
+    import inspect
+
+    from .estimator import DeepMatrixCompleter
+
+    default = inspect.signature(DeepMatrixCompleter.__init__).parameters["verbose"].default
+    return bool(count) if isinstance(default, bool) else min(count, 2)
+
+
+def _check_interrupted(model):
+    """Ctrl-C during a fit: the estimator stops cleanly; the command then exits 130."""
+    if getattr(model, "stop_reason_", None) == "interrupted":
+        raise KeyboardInterrupt(f"interrupted at step {model.n_iter_}")
+
+
+def _model_kwargs(args):
+    kwargs = dict(rank=args.rank, depth=args.depth, method=args.method, max_iter=args.max_iter,
+                  tol=args.tol, init_scale=args.init_scale, lr=args.lr, gamma=args.gamma,
+                  random_state=args.seed, backend=args.backend, device=args.device,
+                  dtype=args.dtype, normalize=not args.no_normalize)
+    if args.record_every is not None:
+        kwargs["record_every"] = args.record_every
+    return kwargs
+
+
+def _add_model_arguments(parser, *, record_every_default=None):
+    group = parser.add_argument_group("model")
+    group.add_argument("--rank", type=_positive_int, default=_MODEL_DEFAULTS["rank"],
+                       help="rank budget; may overestimate the true rank, needs 2*rank <= min(m, n) "
+                            "(default %(default)s)")
+    group.add_argument("--depth", type=_positive_int, default=_MODEL_DEFAULTS["depth"],
+                       help="number of factors in the deep product, >= 2 (default %(default)s)")
+    group.add_argument("--method", default=_MODEL_DEFAULTS["method"],
+                       choices=["compressed", "original", "narrow"],
+                       help="compressed (default), original (wide dense reference, small "
+                            "problems only) or narrow")
+    group.add_argument("--max-iter", type=_positive_int, default=_MODEL_DEFAULTS["max_iter"],
+                       help="maximum number of gradient steps (default %(default)s)")
+    group.add_argument("--tol", type=float, default=_MODEL_DEFAULTS["tol"],
+                       help="stop when the relative residual on the observed entries is <= TOL "
+                            "(default %(default)g)")
+    group.add_argument("--init-scale", type=float, default=_MODEL_DEFAULTS["init_scale"],
+                       help="scale eps of the orthogonal initialization (default %(default)g)")
+    group.add_argument("--lr", type=_lr, default=_MODEL_DEFAULTS["lr"],
+                       help='step size, or "auto" (default) to derive it from the data')
+    group.add_argument("--gamma", type=float, default=_MODEL_DEFAULTS["gamma"],
+                       help="step-size ratio of the outer factors (default %(default)g)")
+    group.add_argument("--no-normalize", action="store_true",
+                       help="fit M as given instead of rescaled to a reference spectral norm")
+    group.add_argument("--record-every", type=_positive_int, default=record_every_default,
+                       help="steps between history records and stopping checks"
+                            + (" (default %(default)s)" if record_every_default else
+                               " (default: the estimator's, 10)"))
+    group.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    group.add_argument("--backend", default="auto", choices=["auto", "numpy", "torch", "cupy"],
+                       help="array library to train in (default: auto, NumPy for files)")
+    group.add_argument("--device", default=None,
+                       help='device for torch/cupy, e.g. "cuda" or "cuda:1" (default: cpu/GPU 0)')
+    group.add_argument("--dtype", default=None, choices=["float32", "float64"],
+                       help="float precision (default: the input's, float64 for integers)")
+
+
+# -- dmc demo ------------------------------------------------------------------
+def _plot_available():
+    try:
+        from matplotlib.figure import Figure  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _demo(args):
     from .datasets import make_low_rank
+    from .estimator import DeepMatrixCompleter
 
     m, n = args.shape
+    if m < 1 or n < 1:
+        raise CLIError(f"--shape must be positive; got {m} {n}")
+    if args.true_rank < 1 or args.true_rank > min(m, n):
+        raise CLIError(f"--true-rank must lie in [1, {min(m, n)}] for a {m} x {n} matrix; "
+                       f"got {args.true_rank}")
+    plot = None if args.no_plot else args.plot
+    if plot is not None:
+        _check_writable_target(plot, "the plot")
+        if not _plot_available():
+            print('dmc: warning: matplotlib is not installed, so no plot will be written '
+                  '(install it with pip install "dmc[plot]")', file=sys.stderr, flush=True)
+            plot = None
+
     M, mask = make_low_rank((m, n), args.true_rank, args.observed, random_state=args.seed)
-    print(f"dmc demo: {m} x {n}, true rank {args.true_rank}, {mask.sum()} observed entries "
-          f"({100 * args.observed:g}%), method={args.method}, rank={args.rank}, depth={args.depth}")
+    print(f"dmc demo: {m} x {n} matrix of rank {args.true_rank}, {int(mask.sum())} observed "
+          f"entries ({100 * args.observed:g}%); method={args.method}, rank={args.rank}, "
+          f"depth={args.depth}", flush=True)
+
+    printed = {"next": 0, "last": None}
+
+    def show(record):
+        if record["iteration"] < printed["next"]:
+            return
+        printed["next"] = record["iteration"] + args.print_every
+        printed["last"] = record["iteration"]
+        print(f"  step {record['iteration']:>7d}  time {record['time']:8.2f} s  "
+              f"train loss {record['train_loss']:.3e}  "
+              f"recovery error {record['recovery_error']:.3e}", flush=True)
+
+    model = DeepMatrixCompleter(**_model_kwargs(args), **_record_hook(show))
     start = time.perf_counter()
-    model = _estimator(args, record_every=100).fit(M, mask, ground_truth=M)
+    model.fit(M, mask, ground_truth=M)
     elapsed = time.perf_counter() - start
-    h = model.history_
-    for i in np.unique(np.linspace(0, len(h["iteration"]) - 1, 8).astype(int)):
-        print(f"  step {h['iteration'][i]:>6d}  time {h['time'][i]:7.2f} s  "
-              f"train loss {h['train_loss'][i]:.3e}  recovery error {h['recovery_error'][i]:.3e}")
-    print(f"done: {model.n_iter_} steps in {elapsed:.2f} s, recovery error "
-          f"{h['recovery_error'][-1]:.3e}, converged={model.converged_}")
+    history = model.history_
+    _check_interrupted(model)
+    if printed["last"] != int(history["iteration"][-1]):
+        printed["next"] = 0
+        show({key: (int(v[-1]) if key == "iteration" else float(v[-1])) for key, v in history.items()})
+    status = "converged" if model.converged_ else "not converged"
+    print(f"done: {model.n_iter_} steps in {elapsed:.2f} s ({status}), recovery error "
+          f"{history['recovery_error'][-1]:.3e}", flush=True)
+    if plot is not None:
+        from .plotting import plot_histories
+
+        label = f"{args.method}, rank {args.rank}, depth {args.depth}"
+        figure = plot_histories({label: history}, metric="recovery_error",
+                                title=f"dmc demo: {m} x {n}, rank {args.true_rank}, "
+                                      f"{100 * args.observed:g}% observed")
+        try:
+            figure.savefig(plot, dpi=90)
+        except OSError as exc:
+            raise CLIError(f"cannot write the plot {plot}: {exc.strerror or exc}", status=1) from exc
+        print(f"plot: {plot}", flush=True)
     return 0
+
+
+# -- dmc complete: reading ---------------------------------------------------------
+def _data_lines(handle):
+    """``(line_number, stripped_text)`` of the non-blank, non-comment lines."""
+    for number, line in enumerate(handle, start=1):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            yield number, stripped
+
+
+def _is_number(field):
+    try:
+        float(field)
+    except ValueError:
+        return False
+    return True
+
+
+class _Where:
+    """``where[i]``: ``"PATH line N"`` of the i-th data row (found lazily, for error messages)."""
+
+    def __init__(self, path, header):
+        self.path, self.header = path, header
+
+    def __getitem__(self, i):
+        with open(self.path, "r", encoding="utf-8-sig", newline="") as handle:
+            rows = _data_lines(handle)
+            if self.header:
+                next(rows)
+            for k, (number, _) in enumerate(rows):
+                if k == i:
+                    return f"{self.path} line {number}"
+        return f"{self.path} entry {i + 1}"
+
+
+def _read_text_table(path, *, columns, what):
+    """Numeric rows of a CSV/TSV/whitespace file as a float64 array of shape (k, columns).
+
+    A first line that is not all numbers is a header.  Blank lines and lines
+    starting with ``#`` are skipped.  ``columns`` may be a tuple of allowed
+    column counts.  Returns the table and a ``where`` indexable that names
+    the file line of each row.
+    """
+    import numpy as np
+
+    allowed = columns if isinstance(columns, tuple) else (columns,)
+    names = "row,col,value" if allowed == (3,) else "row,col"
+    try:
+        with open(path, "r", encoding="utf-8-sig", newline="") as handle:
+            head = []
+            for item in _data_lines(handle):
+                head.append(item)
+                if len(head) == 2:
+                    break
+    except UnicodeDecodeError as exc:
+        raise CLIError(f"{path}: not a text file ({exc.reason})") from None
+    if not head:
+        raise CLIError(f"{path}: no {what} found (the file is empty)")
+    first_number, first = head[0]
+    delimiter = "," if "," in first else ("\t" if "\t" in first else None)
+
+    def fields(text):
+        return [f.strip() for f in (text.split(delimiter) if delimiter else text.split())]
+
+    header = not all(_is_number(f) for f in fields(first))
+    if header and len(head) < 2:
+        raise CLIError(f"{path}: no {what} found (only a header line)")
+    where = _Where(path, header)
+    try:  # fast path: NumPy's C parser
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            table = np.loadtxt(path, delimiter=delimiter, comments="#", ndmin=2,
+                               skiprows=first_number if header else 0, dtype=np.float64,
+                               encoding="utf-8-sig")
+        if table.shape[1] in allowed:
+            return table, where
+    except (ValueError, UserWarning):
+        pass
+    # slow path: find the first bad line and say what is wrong with it
+    with open(path, "r", encoding="utf-8-sig", newline="") as handle:
+        rows = _data_lines(handle)
+        if header:
+            next(rows)
+        width = None
+        for number, text in rows:
+            parts = fields(text)
+            width = len(parts) if width is None else width
+            if len(parts) != width or len(parts) not in allowed:
+                raise CLIError(f"{path} line {number}: expected {' or '.join(map(str, allowed))} "
+                               f"fields ({names}), found {len(parts)}: {text[:60]!r}")
+            for part in parts:
+                if not _is_number(part):
+                    raise CLIError(f"{path} line {number}: {part[:40]!r} is not a number")
+    raise CLIError(f"{path}: cannot read it as {names} lines")
+
+
+def _index_columns(table, where, *, one_based, shape):
+    """Integer row and column indices (0-based) from the first two columns, checked."""
+    import numpy as np
+
+    index = table[:, :2]
+    integral = np.isfinite(index) & (index == np.round(index))
+    if not integral.all():
+        i = int(np.flatnonzero(~integral.all(axis=1))[0])
+        raise CLIError(f"{where[i]}: row and column indices must be "
+                       f"integers; got {table[i, 0]:g}, {table[i, 1]:g}")
+    index = index.astype(np.int64) - (1 if one_based else 0)
+    if index.size and index.min() < 0:
+        i = int(np.flatnonzero((index < 0).any(axis=1))[0])
+        smallest = 1 if one_based else 0
+        hint = "" if one_based else " (are the indices 1-based? use --one-based)"
+        raise CLIError(f"{where[i]}: indices start at {smallest}; got "
+                       f"{int(table[i, 0])}, {int(table[i, 1])}{hint}")
+    if shape is not None:
+        for axis, name in ((0, "row"), (1, "column")):
+            outside = index[:, axis] >= shape[axis]
+            if outside.any():
+                i = int(np.flatnonzero(outside)[0])
+                raise CLIError(f"{where[i]}: {name} index "
+                               f"{int(table[i, axis])} is outside the shape {shape[0]} x {shape[1]}")
+    return index[:, 0], index[:, 1]
+
+
+def _read_input(path, *, one_based, shape):
+    """``(M, mask, n_observed)`` from an input file; mask is None unless given in the file."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    if not Path(path).exists():
+        raise FileNotFoundError(f"input file {path} does not exist")
+    if Path(path).is_dir():
+        raise CLIError(f"input {path} is a folder, not a file")
+    suffix = _suffix(path)
+    if shape is not None and suffix not in _TEXT_SUFFIXES:
+        raise CLIError(f"--shape applies to CSV triplet input only; {path} carries its own shape")
+    mask = None
+    if suffix == ".npy":
+        try:
+            M = np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise CLIError(f"{path}: not a readable .npy array ({_one_line(exc)})") from None
+    elif suffix == ".npz":
+        try:
+            archive = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise CLIError(f"{path}: not a readable .npz archive ({_one_line(exc)})") from None
+        with archive:
+            keys = set(archive.files)
+            if {"format", "shape"} <= keys:
+                M = sp.load_npz(path)
+            elif {"M", "mask"} <= keys:
+                M, mask = archive["M"], archive["mask"]
+            elif len(keys) == 1:
+                M = archive[keys.pop()]
+            else:
+                raise CLIError(f"{path} holds arrays {sorted(keys)}; expected one dense array "
+                               "(NaN = missing), arrays 'M' and 'mask' (True = observed), or a "
+                               "scipy.sparse matrix saved with scipy.sparse.save_npz")
+    elif suffix == ".mtx":
+        import scipy.io
+
+        try:
+            field = scipy.io.mminfo(path)[4]
+            M = scipy.io.mmread(path)
+        except (ValueError, IndexError, TypeError) as exc:
+            raise CLIError(f"{path}: not a readable Matrix Market file ({_one_line(exc)})") from None
+        if field == "pattern":
+            raise CLIError(f"{path} is a 'pattern' Matrix Market file: it has positions but no "
+                           "values to complete")
+        if sp.issparse(M):
+            M = sp.csr_matrix(M) if not sp.isspmatrix_coo(M) else M
+    elif suffix in _TEXT_SUFFIXES:
+        table, where = _read_text_table(path, columns=3, what="row,col,value triplets")
+        rows, cols = _index_columns(table, where, one_based=one_based, shape=shape)
+        inferred = (int(rows.max()) + 1, int(cols.max()) + 1)
+        shape = tuple(shape) if shape is not None else inferred
+        key = rows * shape[1] + cols
+        order = np.argsort(key, kind="stable")
+        repeated = np.flatnonzero(key[order][1:] == key[order][:-1])
+        if repeated.size:
+            i = int(order[repeated[0] + 1])
+            raise CLIError(f"{where[i]}: entry ({int(table[i, 0])}, "
+                           f"{int(table[i, 1])}) appears more than once")
+        M = sp.coo_matrix((table[:, 2], (rows, cols)), shape=shape).tocsr()
+    else:
+        raise CLIError(f"{path}: unknown input format {suffix or '(no extension)'!r}; "
+                       f"use {_INPUT_FORMATS}")
+
+    if sp.issparse(M):
+        if M.ndim != 2:
+            raise CLIError(f"{path} holds a {M.ndim}-D sparse array; dmc needs a 2-D matrix")
+        return M, None, int(M.nnz)
+    M = np.asarray(M)
+    if M.ndim != 2:
+        raise CLIError(f"{path} holds an array of shape {M.shape}; dmc needs a 2-D matrix")
+    if M.dtype.kind not in "biuf":
+        raise CLIError(f"{path} holds values of dtype {M.dtype}; dmc needs real numbers")
+    if mask is not None:
+        n_observed = int(np.count_nonzero(mask)) if np.shape(mask) == M.shape else 0
+    elif M.dtype.kind == "f":
+        n_observed = int(np.count_nonzero(~np.isnan(M)))
+    else:
+        n_observed = M.size
+    return M, mask, n_observed
+
+
+def _read_pairs(path, *, one_based, shape):
+    """0-based ``(rows, cols)`` int64 arrays from a CSV of pairs or an .npy (k x 2) array."""
+    import numpy as np
+
+    if not Path(path).exists():
+        raise FileNotFoundError(f"pairs file {path} does not exist")
+    suffix = _suffix(path)
+    if suffix == ".npy":
+        try:
+            table = np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise CLIError(f"{path}: not a readable .npy array ({_one_line(exc)})") from None
+        if table.ndim != 2 or table.shape[1] not in (2, 3) or table.dtype.kind not in "iuf":
+            raise CLIError(f"{path} holds an array of shape {table.shape} and dtype {table.dtype}; "
+                           "pairs must be a k x 2 integer array of (row, col)")
+        table = table.astype(np.float64)
+        where = [f"{path} row {i}" for i in range(len(table))]
+    elif suffix in _TEXT_SUFFIXES:
+        table, where = _read_text_table(path, columns=(2, 3), what="row,col pairs")
+    else:
+        raise CLIError(f"{path}: unknown pairs format {suffix or '(no extension)'!r}; "
+                       "use .csv (row,col lines) or .npy (k x 2 integers)")
+    return _index_columns(table, where, one_based=one_based, shape=shape)
+
+
+# -- dmc complete: writing -----------------------------------------------------------
+_OUTPUT_SUFFIXES = (".npy", ".npz") + _TEXT_SUFFIXES
+
+
+def _check_output(path, what="output"):
+    if str(path) == "-":
+        return
+    suffix = _suffix(path)
+    if suffix not in _OUTPUT_SUFFIXES:
+        raise CLIError(f"{what} {path}: unknown format {suffix or '(no extension)'!r}; use .npy, "
+                       ".npz or .csv (or - for CSV on stdout)")
+    _check_writable_target(path, f"the {what}")
+
+
+def _float_format(dtype):
+    return "%.9g" if str(dtype) == "float32" else "%.17g"
+
+
+@contextlib.contextmanager
+def _text_target(path):
+    if str(path) == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+    else:
+        with open(path, "w", encoding="utf-8", newline="") as handle:
+            yield handle
+
+
+def _write_dense(path, X):
+    import numpy as np
+
+    suffix = "-" if str(path) == "-" else _suffix(path)
+    if suffix == ".npy":
+        np.save(path, X)
+    elif suffix == ".npz":
+        np.savez_compressed(path, X=X)
+    else:
+        delimiter = "\t" if suffix == ".tsv" else ","
+        with _text_target(path) as handle:
+            np.savetxt(handle, X, delimiter=delimiter, fmt=_float_format(X.dtype))
+
+
+def _write_pairs(path, rows, cols, values, *, one_based):
+    import numpy as np
+
+    suffix = "-" if str(path) == "-" else _suffix(path)
+    if suffix == ".npy":
+        np.save(path, values)
+    elif suffix == ".npz":
+        np.savez_compressed(path, row=rows, col=cols, value=values)
+    else:
+        delimiter = "\t" if suffix == ".tsv" else ","
+        shift = 1 if one_based else 0
+        table = np.empty(len(values), dtype=[("row", np.int64), ("col", np.int64), ("value", np.float64)])
+        table["row"], table["col"], table["value"] = rows + shift, cols + shift, values
+        with _text_target(path) as handle:
+            np.savetxt(handle, table, delimiter=delimiter,
+                       fmt=["%d", "%d", _float_format(values.dtype)],
+                       header=delimiter.join(["row", "col", "value"]), comments="")
 
 
 def _complete(args):
-    import scipy.sparse as sp
+    import numpy as np
 
-    if args.input.endswith(".npz"):
-        M = sp.load_npz(args.input)
+    _check_output(args.output)
+    if args.save_model is not None:
+        _check_writable_target(args.save_model, "the model")
+    if args.shape is not None and min(args.shape) < 1:
+        raise CLIError(f"--shape must be positive; got {args.shape[0]} {args.shape[1]}")
+    M, mask, n_observed = _read_input(args.input, one_based=args.one_based, shape=args.shape)
+    shape = tuple(int(s) for s in M.shape)
+    pairs = None
+    if args.pairs is not None:
+        pairs = _read_pairs(args.pairs, one_based=args.one_based, shape=shape)
+
+    from .estimator import DeepMatrixCompleter  # after the input checks: the import takes a while
+
+    model = DeepMatrixCompleter(**_model_kwargs(args), verbose=_verbose_level(args.verbose))
+    if args.save_model is not None and not hasattr(model, "save"):
+        raise CLIError("--save-model needs DeepMatrixCompleter.save, which this version of dmc "
+                       "does not have")
+    if args.verbose:
+        print(f"dmc: {args.input}: {shape[0]} x {shape[1]} matrix, {n_observed} observed entries; "
+              f"fitting rank {args.rank}, depth {args.depth}, {args.method}", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):  # progress never mixes with `-o -` data
+        model.fit(M, mask)
+    elapsed = time.perf_counter() - start
+    _check_interrupted(model)  # a partial result is not written
+    status = "converged" if model.converged_ else "stopped at --max-iter"
+    if pairs is not None:
+        rows, cols = pairs
+        values = np.asarray(model.predict(rows, cols, as_numpy=True))
+        _write_pairs(args.output, rows, cols, values, one_based=args.one_based)
+        wrote = f"{len(values)} predictions"
     else:
-        M = np.load(args.input)
-    model = _estimator(args, verbose=args.verbose).fit(M)
-    np.save(args.output, model.transform())
-    print(f"wrote {args.output}: {model.shape_[0]} x {model.shape_[1]}, {model.n_iter_} steps, "
-          f"converged={model.converged_}")
+        _write_dense(args.output, np.asarray(model.transform(as_numpy=True)))
+        wrote = f"the completed {shape[0]} x {shape[1]} matrix"
+    if args.save_model is not None:
+        model.save(args.save_model)
+    where = "stdout" if str(args.output) == "-" else args.output
+    print(f"dmc: {shape[0]} x {shape[1]} matrix, {n_observed} observed entries: {model.n_iter_} "
+          f"steps in {elapsed:.2f} s ({status}); wrote {wrote} to {where}"
+          + (f"; model saved to {args.save_model}" if args.save_model is not None else ""),
+          file=sys.stderr, flush=True)
     return 0
+
+
+# -- dmc bench -----------------------------------------------------------------
+def _benchmark_dirs():
+    """Candidate benchmarks/ folders: the source checkout this module lives in, then ./benchmarks."""
+    here = Path(__file__).resolve().parent.parent / "benchmarks"
+    cwd = Path.cwd() / "benchmarks"
+    return [d for d in dict.fromkeys([here, cwd])
+            if d.is_dir() and (d.parent / "dmc").is_dir() and (d.parent / "pyproject.toml").is_file()]
+
+
+def _benchmark_names():
+    names = {}
+    for folder in _benchmark_dirs():
+        for script in sorted(folder.glob("*.py")):
+            if not script.name.startswith("_"):
+                names.setdefault(script.stem, script)
+    return names
 
 
 def _bench(args):
-    import runpy
-    from pathlib import Path
+    names = _benchmark_names()
+    if not names:
+        raise CLIError("no benchmarks/ folder found: the benchmarks are not installed with the "
+                       "package; run dmc bench from a source checkout of dmc")
+    if args.name is None:
+        raise CLIError(f"missing NAME: choose a benchmark among {', '.join(sorted(names))}")
+    if args.name not in names:
+        raise CLIError(f"no benchmark named {args.name!r}; available: {', '.join(sorted(names))}")
+    script = names[args.name]
+    env = dict(os.environ)
+    repo = str(script.parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([repo] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return subprocess.call([sys.executable, str(script), *args.rest], env=env)
 
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / f"{args.name}.py"
-    if not script.exists():
-        print(f"no benchmark named {args.name!r} (looked for {script}); benchmarks run from a "
-              "source checkout.", file=sys.stderr)
-        return 2
-    sys.argv = [str(script), *args.rest]
-    runpy.run_path(str(script), run_name="__main__")
-    return 0
+
+def _bench_epilog():
+    names = sorted(_benchmark_names())
+    listed = ", ".join(names) if names else "none found (run from a source checkout of dmc)"
+    return (f"available benchmarks: {listed}. Arguments after NAME go to the script; "
+            "'dmc bench NAME --help' shows them (most take --quick for a fast smoke run).")
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="dmc", description="deep low-rank matrix completion")
-    sub = parser.add_subparsers(dest="command", required=True)
+# -- the parser ------------------------------------------------------------------
+def build_parser():
+    """The ``dmc`` argument parser."""
+    formatter = _Formatter
+    parser = _Parser(prog="dmc", formatter_class=formatter,
+                     description="dmc: deep low-rank matrix completion (compressed deep "
+                                 "factorizations, Yaras et al., ICML 2024).",
+                     epilog="Run 'dmc COMMAND --help' for a command's options. Exit status: 0 "
+                            "success, 1 failed run, 2 usage error or bad input, 130 interrupted.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show Python tracebacks instead of one-line errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
 
-    demo = sub.add_parser("demo", help="complete a synthetic low-rank matrix")
-    demo.add_argument("--shape", type=int, nargs=2, default=[1000, 1000], metavar=("M", "N"))
-    demo.add_argument("--true-rank", type=int, default=5)
-    demo.add_argument("--observed", type=float, default=0.2, help="observed fraction")
-    _add_model_arguments(demo)
+    debug = _Parser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show Python tracebacks instead of one-line errors")
+
+    demo = sub.add_parser(
+        "demo", parents=[debug], formatter_class=formatter,
+        help="complete a synthetic low-rank matrix and plot the recovery error",
+        description="Complete a random low-rank matrix from a uniform sample of its entries, "
+                    "printing the recovery error ||X - M||_F / ||M||_F as training runs, and save "
+                    "a plot of its history (needs matplotlib: pip install \"dmc[plot]\").")
+    demo.add_argument("--shape", type=int, nargs=2, default=[1000, 1000], metavar=("M", "N"),
+                      help="matrix size (default 1000 1000)")
+    demo.add_argument("--true-rank", type=int, default=5, help="rank of the matrix (default 5)")
+    demo.add_argument("--observed", type=_fraction, default=0.2,
+                      help="observed fraction of the entries (default 0.2)")
+    demo.add_argument("--print-every", type=_positive_int, default=500, metavar="STEPS",
+                      help="print the recovery error about every STEPS steps (default 500)")
+    demo.add_argument("--plot", default="dmc-demo.png", metavar="PATH",
+                      help="where to save the plot (default dmc-demo.png)")
+    demo.add_argument("--no-plot", action="store_true", help="do not save a plot")
+    _add_model_arguments(demo, record_every_default=100)
     demo.set_defaults(func=_demo)
 
-    complete = sub.add_parser("complete", help="complete a .npy (NaN = missing) or .npz (sparse) matrix")
-    complete.add_argument("input")
-    complete.add_argument("output")
-    complete.add_argument("--verbose", action="store_true")
+    complete = sub.add_parser(
+        "complete", parents=[debug], formatter_class=formatter,
+        help="complete a matrix read from a file",
+        description="Fill in the missing entries of a matrix read from INPUT and write the "
+                    "completed matrix, or with --pairs only the requested entries, to OUTPUT.",
+        epilog="input formats (by extension):\n"
+               "  .npy        dense array, NaN = missing\n"
+               "  .npz        one dense array (NaN = missing); arrays 'M' and 'mask' (True =\n"
+               "              observed); or scipy.sparse.save_npz output (stored entries,\n"
+               "              zeros included, are the observed ones)\n"
+               "  .mtx        Matrix Market (coordinate: stored entries are observed)\n"
+               "  .csv/.tsv   triplets row,col,value; header line optional; 0-based unless\n"
+               "              --one-based; shape max index + 1 unless --shape M N\n"
+               "output formats:\n"
+               "  .npy, .npz (array 'X'), .csv/.tsv (dense text), or - (CSV on stdout);\n"
+               "  with --pairs: .csv/.tsv lines row,col,value (same index base as the input),\n"
+               "  .npy (the values, in pair order), .npz (arrays row, col, value).\n"
+               "The dense output is m x n: for large matrices use --pairs.")
+    complete.add_argument("input", metavar="INPUT", help="the matrix to complete")
+    complete.add_argument("-o", "--output", required=True, metavar="OUTPUT",
+                          help="where to write the result (.npy, .npz, .csv, or - for stdout)")
+    complete.add_argument("--pairs", metavar="FILE", default=None,
+                          help="write predictions only at these (row, col) pairs: CSV lines "
+                               "row,col (header optional) or a k x 2 .npy array")
+    complete.add_argument("--one-based", action="store_true",
+                          help="CSV and pair indices start at 1 (default 0)")
+    complete.add_argument("--shape", type=int, nargs=2, metavar=("M", "N"), default=None,
+                          help="matrix shape for CSV triplets (default: largest index + 1)")
+    complete.add_argument("--save-model", metavar="PATH", default=None,
+                          help="also save the fitted model (DeepMatrixCompleter.save)")
+    complete.add_argument("-v", "--verbose", action="count", default=0,
+                          help="report training progress on stderr (repeat for more detail)")
     _add_model_arguments(complete)
     complete.set_defaults(func=_complete)
 
-    bench = sub.add_parser("bench", help="run a benchmark script from benchmarks/")
-    bench.add_argument("name")
-    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench = sub.add_parser(
+        "bench", parents=[debug], formatter_class=formatter,
+        help="run a benchmark script (source checkout only)",
+        description="Run benchmarks/NAME.py of a source checkout of dmc with the given arguments.",
+        epilog=_bench_epilog())
+    bench.add_argument("name", metavar="NAME", nargs="?", default=None, help="benchmark name")
+    bench.add_argument("rest", nargs=argparse.REMAINDER, metavar="ARGS",
+                       help="arguments passed to the script")
     bench.set_defaults(func=_bench)
+    return parser
 
+
+# -- entry point -------------------------------------------------------------------
+def _run(args):
+    from .solver import DivergenceError
+
+    try:
+        return args.func(args)
+    except CLIError as exc:
+        return _fail(exc, exc.status, args)
+    except FileNotFoundError as exc:
+        return _fail(exc, 2, args)
+    except (ValueError, TypeError) as exc:
+        return _fail(exc, 2, args)
+    except DivergenceError as exc:
+        return _fail(exc, 1, args)
+    except ImportError as exc:
+        return _fail(exc, 1, args)
+    except BrokenPipeError:
+        raise
+    except MemoryError as exc:
+        return _fail(f"out of memory ({exc})" if str(exc) else "out of memory", 1, args)
+    except OSError as exc:
+        return _fail(exc, 1, args)
+
+
+def _fail(exc, status, args):
+    if getattr(args, "debug", False):
+        raise exc if isinstance(exc, BaseException) else RuntimeError(exc)
+    if isinstance(exc, OSError) and exc.strerror and exc.filename:
+        message = f"{exc.filename}: {exc.strerror}"
+    else:
+        message = _one_line(exc) or type(exc).__name__
+    print(f"dmc: error: {message}", file=sys.stderr, flush=True)
+    return status
+
+
+def main(argv=None):
+    """Run the ``dmc`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    parser = build_parser()
     args = parser.parse_args(argv)
-    return args.func(args)
+    if args.command is None:
+        parser.error("missing COMMAND: choose demo, complete or bench")
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            with contextlib.suppress(ImportError):  # the command reports an interrupt itself
+                from .solver import FitInterruptedWarning
+
+                warnings.simplefilter("ignore", FitInterruptedWarning)
+            return _run(args)
+    except KeyboardInterrupt as exc:
+        if getattr(args, "debug", False):
+            raise
+        print(f"\ndmc: {str(exc) or 'interrupted'}", file=sys.stderr, flush=True)
+        return 130
+    except BrokenPipeError:
+        # the reader went away (dmc complete ... -o - | head): exit quietly
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":
