@@ -131,48 +131,6 @@ def _check_writable_target(path, what):
         raise CLIError(f"cannot write {what} {path}: it is a folder")
 
 
-def _estimator_params():
-    import inspect
-
-    from .estimator import DeepMatrixCompleter
-
-    return list(inspect.signature(DeepMatrixCompleter.__init__).parameters)
-
-
-def _record_hook(function):
-    """Estimator keyword arguments that call ``function(record)`` at each history record.
-
-    Uses ``callbacks`` (a list) where the estimator has it and the older
-    single ``callback`` otherwise; either way the callable receives the
-    record dict (possibly among other arguments) and returns None, which
-    never stops the fit.
-    """
-
-    def hook(*args, **kwargs):
-        for value in (*args, *kwargs.values()):
-            if isinstance(value, dict):
-                function(value)
-                break
-        return None
-
-    names = _estimator_params()
-    if "callbacks" in names:
-        return {"callbacks": [hook]}
-    if "callback" in names:
-        return {"callback": hook}
-    return {}
-
-
-def _verbose_level(count):
-    """-v: 1 (progress bar), -vv: 2 (a line per record); a bool for estimators without levels."""
-    import inspect
-
-    from .estimator import DeepMatrixCompleter
-
-    default = inspect.signature(DeepMatrixCompleter.__init__).parameters["verbose"].default
-    return bool(count) if isinstance(default, bool) else min(count, 2)
-
-
 def _check_interrupted(model):
     """Ctrl-C during a fit: the estimator stops cleanly; the command then exits 130."""
     if getattr(model, "stop_reason_", None) == "interrupted":
@@ -260,16 +218,16 @@ def _demo(args):
 
     printed = {"next": 0, "last": None}
 
-    def show(record):
+    def show(record):  # a callback: called at every history record, None = keep going
         if record["iteration"] < printed["next"]:
-            return
-        printed["next"] = record["iteration"] + args.print_every
+            return None
+        printed["next"] = (record["iteration"] // args.print_every + 1) * args.print_every
         printed["last"] = record["iteration"]
         print(f"  step {record['iteration']:>7d}  time {record['time']:8.2f} s  "
               f"train loss {record['train_loss']:.3e}  "
               f"recovery error {record['recovery_error']:.3e}", flush=True)
 
-    model = DeepMatrixCompleter(**_model_kwargs(args), **_record_hook(show))
+    model = DeepMatrixCompleter(**_model_kwargs(args), callbacks=[show])
     start = time.perf_counter()
     model.fit(M, mask, ground_truth=M)
     elapsed = time.perf_counter() - start
@@ -603,10 +561,8 @@ def _complete(args):
 
     from .estimator import DeepMatrixCompleter  # after the input checks: the import takes a while
 
-    model = DeepMatrixCompleter(**_model_kwargs(args), verbose=_verbose_level(args.verbose))
-    if args.save_model is not None and not hasattr(model, "save"):
-        raise CLIError("--save-model needs DeepMatrixCompleter.save, which this version of dmc "
-                       "does not have")
+    # -v: a progress bar, -vv: a line per record
+    model = DeepMatrixCompleter(**_model_kwargs(args), verbose=min(args.verbose, 2))
     if args.verbose:
         print(f"dmc: {args.input}: {shape[0]} x {shape[1]} matrix, {n_observed} observed entries; "
               f"fitting rank {args.rank}, depth {args.depth}, {args.method}", file=sys.stderr, flush=True)
@@ -778,17 +734,18 @@ def _run(args):
     except BrokenPipeError:
         raise
     except MemoryError as exc:
-        return _fail(f"out of memory ({exc})" if str(exc) else "out of memory", 1, args)
+        return _fail(exc, 1, args, message=f"out of memory ({exc})" if str(exc) else "out of memory")
     except OSError as exc:
         return _fail(exc, 1, args)
 
 
-def _fail(exc, status, args):
+def _fail(exc, status, args, message=None):
+    """Print ``dmc: error: ...`` (one line) and return ``status``; re-raise with --debug."""
     if getattr(args, "debug", False):
-        raise exc if isinstance(exc, BaseException) else RuntimeError(exc)
-    if isinstance(exc, OSError) and exc.strerror and exc.filename:
+        raise exc
+    if message is None and isinstance(exc, OSError) and exc.strerror and exc.filename:
         message = f"{exc.filename}: {exc.strerror}"
-    else:
+    elif message is None:
         message = _one_line(exc) or type(exc).__name__
     print(f"dmc: error: {message}", file=sys.stderr, flush=True)
     return status
@@ -803,10 +760,9 @@ def main(argv=None):
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
-            with contextlib.suppress(ImportError):  # the command reports an interrupt itself
-                from .solver import FitInterruptedWarning
+            from .solver import FitInterruptedWarning
 
-                warnings.simplefilter("ignore", FitInterruptedWarning)
+            warnings.simplefilter("ignore", FitInterruptedWarning)  # reported as exit status 130
             return _run(args)
     except KeyboardInterrupt as exc:
         if getattr(args, "debug", False):

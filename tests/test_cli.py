@@ -332,8 +332,6 @@ def test_pairs_npy(tmp_path, problem):
 def test_save_model(tmp_path, problem):
     from dmc import DeepMatrixCompleter
 
-    if not hasattr(DeepMatrixCompleter, "save"):
-        pytest.skip("DeepMatrixCompleter.save is not available")
     M, mask = problem
     np.save(tmp_path / "in.npy", np.where(mask, M, np.nan))
     proc = run_dmc("complete", tmp_path / "in.npy", "-o", tmp_path / "X.npy", "--save-model",
