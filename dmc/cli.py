@@ -376,6 +376,16 @@ def _index_columns(table, where, *, one_based, shape):
     return index[:, 0], index[:, 1]
 
 
+def _check_magic(path, suffix):
+    """A .npy / .npz file must start like one (NumPy's own message blames pickles)."""
+    magic = {".npy": (b"\x93NUMPY", "a NumPy .npy file"), ".npz": (b"PK", "a NumPy .npz (zip) archive")}
+    if suffix in magic:
+        with open(path, "rb") as handle:
+            start = handle.read(6)
+        if not start.startswith(magic[suffix][0]):
+            raise CLIError(f"{path} is not {magic[suffix][1]}")
+
+
 def _read_input(path, *, one_based, shape):
     """``(M, mask, n_observed)`` from an input file; mask is None unless given in the file."""
     import numpy as np
@@ -389,6 +399,7 @@ def _read_input(path, *, one_based, shape):
     if shape is not None and suffix not in _TEXT_SUFFIXES:
         raise CLIError(f"--shape applies to CSV triplet input only; {path} carries its own shape")
     mask = None
+    _check_magic(path, suffix)
     if suffix == ".npy":
         try:
             M = np.load(path, allow_pickle=False)
@@ -466,6 +477,7 @@ def _read_pairs(path, *, one_based, shape):
     if not Path(path).exists():
         raise FileNotFoundError(f"pairs file {path} does not exist")
     suffix = _suffix(path)
+    _check_magic(path, suffix)
     if suffix == ".npy":
         try:
             table = np.load(path, allow_pickle=False)
