@@ -33,22 +33,3 @@ def test_noise_is_on_observed_entries_only():
     assert np.all(np.isnan(noisy[~mask]))
     diff = noisy[mask] - M[mask]
     assert 0.08 < diff.std() < 0.12
-
-
-def test_cli_demo_runs(capsys):
-    from dmc.cli import main
-
-    assert main(["demo", "--shape", "60", "50", "--true-rank", "2", "--observed", "0.5",
-                 "--rank", "4"]) == 0
-    out = capsys.readouterr().out
-    assert "recovery error" in out and "converged=True" in out
-
-
-def test_cli_complete(tmp_path):
-    from dmc.cli import main
-
-    M, mask = make_low_rank((40, 30), 2, 0.5, random_state=3)
-    np.save(tmp_path / "in.npy", np.where(mask, M, np.nan))
-    assert main(["complete", str(tmp_path / "in.npy"), str(tmp_path / "out.npy"), "--rank", "3"]) == 0
-    X = np.load(tmp_path / "out.npy")
-    assert np.linalg.norm(X - M) / np.linalg.norm(M) < 1e-4
