@@ -7,24 +7,28 @@ array-api-compat returns; this module provides
 
 * :func:`resolve_backend`: the namespace and device of a fit, once per fit;
 * :func:`observed_triplets`: the observed entries of any supported input
-  (dense + mask, dense with NaN, scipy.sparse, torch sparse COO/CSR, cupyx
-  sparse) as host NumPy triplets for validation and the one-time subspace
-  SVD;
+  (dense + mask, dense with NaN, scipy.sparse, torch sparse COO/CSR/CSC,
+  cupyx sparse) as host NumPy triplets for validation and the one-time
+  subspace SVD;
 * :func:`to_namespace` / :func:`to_numpy`: transfers;
-* the per-backend kernel table on the observed pattern:
+* :func:`make_pattern`: the per-backend kernel table on the observed
+  pattern, an object with two methods:
 
-  - ``sample(A, B)``: ``(A @ B.T)[rows, cols]`` without forming ``A @ B.T``,
-    O(|Omega| k);
-  - ``residual_products(A, B, values)``: with ``R`` the sparse residual
-    ``P_Omega(A @ B.T) - values``, returns ``(1/2 ||R||^2, R @ B, R.T @ A)``
-    in O(|Omega| k), the whole data-dependent part of a gradient step.
-    Patterns may cache work derived from ``values`` (the Numba tiled kernel
-    keeps a permuted copy), so pass the same, unmodified array each step.
+    * ``sample(A, B)``: ``(A @ B.T)[rows, cols]`` without forming
+      ``A @ B.T``, O(|Omega| k);
+    * ``residual_products(A, B, values)``: with ``R`` the sparse residual
+      ``P_Omega(A @ B.T) - values``, returns ``(1/2 ||R||^2, R @ B, R.T @ A)``
+      in O(|Omega| k), the whole data-dependent part of a gradient step.
+      Patterns may cache work derived from ``values`` (the Numba tiled
+      kernel keeps a permuted copy), so pass the same, unmodified array
+      each step.
 
-  NumPy: SciPy CSR kernels, or fused Numba kernels when Numba imports
-  (``pip install "dmc[fast]"``; ``DMC_KERNELS=scipy`` opts out).  Torch:
-  ``torch.sparse.sampled_addmm`` and CSR matrix products, index tensors and
-  the CSR structures built once on the device.  CuPy: cupyx.scipy.sparse CSR.
+Kernels per backend.  NumPy: SciPy CSR kernels (:class:`ScipyPattern`), or
+fused Numba kernels (:class:`NumbaPattern`) when Numba imports
+(``pip install "dmc[fast]"``; ``DMC_KERNELS=scipy`` opts out).  Torch
+(:class:`TorchPattern`): ``torch.sparse.sampled_addmm`` and CSR matrix
+products, index tensors and the CSR structures built once on the device.
+CuPy (:class:`CupyPattern`): cupyx.scipy.sparse CSR.
 
 The loss stays a 0-d device array, so a step never synchronises with the
 host; the solver reads it only at recording steps.
@@ -87,7 +91,24 @@ def _kind_of(x) -> str:
 
 
 class Backend:
-    """The array library, its standard namespace and the device of one fit."""
+    """The array library, its standard namespace and the device of one fit.
+
+    Parameters
+    ----------
+    name : {"numpy", "torch", "cupy"}
+    device : str, int or None, default=None
+        torch: a device string (``"cpu"``, ``"cuda"``, ``"cuda:1"``),
+        default ``"cpu"``; cupy: ``"cuda"``, ``"cuda:N"`` or an int, default
+        GPU 0; NumPy: ignored (always the CPU).
+
+    Attributes
+    ----------
+    module : module
+        ``numpy``, ``torch`` or ``cupy``.
+    xp : module
+        The array-api-compat namespace of that library.
+    device : str, torch.device or cupy.cuda.Device
+    """
 
     def __init__(self, name, device=None):
         self.name = name
@@ -109,6 +130,7 @@ class Backend:
             self.device = cupy.cuda.Device(_cuda_index(device))
 
     def default_float(self):
+        """The backend's default float dtype (float64; torch's default dtype for torch)."""
         if self.name == "torch":
             return self.module.get_default_dtype()
         return self.module.float64
@@ -306,6 +328,7 @@ def _is_cupyx_sparse(M):
 
 
 def numba_available() -> bool:
+    """Whether the fused Numba kernels import (``pip install "dmc[fast]"``)."""
     try:
         from . import _numba_kernels  # noqa: F401
     except ImportError:
@@ -555,12 +578,18 @@ def make_pattern(obs: Observations, dtype=np.float64, backend: Backend | None = 
     Parameters
     ----------
     obs : Observations
-    dtype : the backend's float dtype
-    backend : Backend, optional
-        Default NumPy.
-    kernels : {"numba", "scipy"}, optional
-        NumPy only.  Default: ``DMC_KERNELS`` from the environment, else
+        The observed pattern (its values are not used).
+    dtype : dtype, default=numpy.float64
+        The backend's float dtype (a NumPy, torch or CuPy dtype object).
+    backend : Backend or None, default=None
+        None means NumPy.
+    kernels : {"numba", "scipy"} or None, default=None
+        NumPy only.  None: ``DMC_KERNELS`` from the environment, else
         Numba when it imports, else SciPy.
+
+    Returns
+    -------
+    ScipyPattern, NumbaPattern, TorchPattern or CupyPattern
     """
     if backend is not None and backend.name == "torch":
         return TorchPattern(obs, dtype, backend)

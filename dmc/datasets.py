@@ -1,4 +1,10 @@
-"""Synthetic low-rank completion problems (and, later, real rating data)."""
+"""Synthetic low-rank completion problems and the MovieLens 100K ratings.
+
+:func:`make_low_rank` and :func:`uniform_mask` draw the synthetic problems
+of the paper and the benchmarks; :func:`fetch_movielens_100k` downloads the
+MovieLens 100K archive once and :func:`load_movielens_100k` reads its
+official train/test splits.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +32,19 @@ def uniform_mask(shape, observed_fraction, random_state=None) -> np.ndarray:
     """Boolean mask with exactly ``round(p * m * n)`` True entries, uniform.
 
     Drawn without replacement, so the count is exact.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(m, n)``.
+    observed_fraction : float
+        ``p``, in (0, 1].
+    random_state : int, numpy.random.Generator or None, default=None
+
+    Returns
+    -------
+    ndarray of bool, shape (m, n)
+        True = observed.
     """
     m, n = _check_shape(shape)
     if not 0.0 < observed_fraction <= 1.0:
@@ -52,11 +71,11 @@ def make_low_rank(shape, rank, observed_fraction, *, noise=0.0, random_state=Non
         ``(m, n)``; rectangles are fine.
     rank : int
         True rank, ``1 <= rank <= min(m, n)``.
-    observed_fraction : float in (0, 1]
-        The mask observes exactly ``round(observed_fraction * m * n)`` entries.
+    observed_fraction : float
+        In (0, 1].  The mask observes exactly ``round(observed_fraction * m * n)`` entries.
     noise : float, default=0
         Standard deviation of Gaussian noise added to the observed values.
-    random_state : int, Generator or None
+    random_state : int, numpy.random.Generator or None, default=None
 
     Returns
     -------
@@ -64,8 +83,8 @@ def make_low_rank(shape, rank, observed_fraction, *, noise=0.0, random_state=Non
         The noiseless low-rank matrix.
     mask : ndarray of bool, shape (m, n)
         True = observed.
-    M_noisy : ndarray of shape (m, n), only when ``noise > 0``
-        ``M_true`` plus noise on the observed entries (unobserved entries are
+    M_noisy : ndarray of shape (m, n)
+        Returned only when ``noise > 0``: ``M_true`` plus noise on the observed entries (unobserved entries are
         NaN), the matrix to fit.
     """
     m, n = _check_shape(shape)
@@ -112,7 +131,13 @@ _urlopen = _urllib_request.urlopen
 
 
 class Ratings(_NamedTuple):
-    """Rating triplets with the data set's own (here 1-based) ids."""
+    """Rating triplets with the data set's own (here 1-based) ids.
+
+    Attributes
+    ----------
+    users, items : ndarray of int64, shape (n,)
+    ratings : ndarray of float64, shape (n,)
+    """
 
     users: np.ndarray  # int64, shape (n,)
     items: np.ndarray  # int64, shape (n,)
@@ -158,7 +183,7 @@ def load_movielens_100k(path, split="u1") -> RatingsSplit:
 
     Parameters
     ----------
-    path : str or path-like
+    path : str or os.PathLike
         Directory holding GroupLens' ``uK.base`` / ``uK.test`` files (the
         ``ml-100k`` folder of the official archive; see
         :func:`fetch_movielens_100k`).
@@ -231,11 +256,12 @@ def fetch_movielens_100k(data_home=None, *, url=MOVIELENS_100K_URL,
 
     Parameters
     ----------
-    data_home : str or path-like, optional
-        Cache directory.  Default: ``$DMC_DATA`` if set, else ``~/.dmc_data``.
-    url, sha256 : str
-        Archive location and its expected SHA-256 (defaults: the official
-        GroupLens archive).
+    data_home : str, os.PathLike or None, default=None
+        Cache directory.  None: ``$DMC_DATA`` if set, else ``~/.dmc_data``.
+    url : str, default=MOVIELENS_100K_URL
+        Archive location (default: the official GroupLens archive).
+    sha256 : str, default=MOVIELENS_100K_SHA256
+        The archive's expected SHA-256 (default: the official archive's).
 
     Returns
     -------

@@ -8,16 +8,11 @@ with ``left`` (m x k), ``right`` (n x k) and ``p`` square inner factors
 (k x k).  They differ in how they start and in which factors move at which
 step size:
 
-========== ================================ ================= ==============
-model      start                            k                 step scales
-========== ================================ ================= ==============
-original   W_l(0) = eps * orthogonal         width = max(m, n)  1 everywhere
-           (left = W_L, right = W_1^T,
-           inner = W_2 .. W_{L-1})
-narrow     same, at width 2 * rank           2 * rank           1 everywhere
-compressed left = U, right = V (subspace.py),  2 * rank         gamma on U, V
-           inner = L copies of eps * I_k                        1 on inner
-========== ================================ ================= ==============
+| model | start | k | step scales |
+|---|---|---|---|
+| original | ``W_l(0) = eps * orthogonal`` (``left = W_L``, ``right = W_1^T``, ``inner = W_2 .. W_{L-1}``) | ``width = max(m, n)`` | 1 everywhere |
+| narrow | same, at width ``2 * rank`` | ``2 * rank`` | 1 everywhere |
+| compressed | ``left = U``, ``right = V`` (:mod:`dmc.subspace`), ``inner`` = ``L`` copies of ``eps * I_k`` | ``2 * rank`` | ``gamma`` on ``U``, ``V``; 1 on inner |
 
 The loss is ``l(X) = 1/2 * sum over Omega of (X_ij - M_ij)^2`` (the plain
 sum: no division by |Omega| or m*n).  Its gradient with respect to ``X`` is
@@ -165,9 +160,10 @@ def sparse_loss_and_gradients(factors: DeepFactors, pattern, values):
     Parameters
     ----------
     factors : DeepFactors
-    pattern : backend pattern
-        Provides ``residual_products`` (backend.py).
-    values : array, shape (n_observed,)
+    pattern : ScipyPattern, NumbaPattern, TorchPattern or CupyPattern
+        The observed pattern from :func:`dmc.backend.make_pattern`; provides
+        ``residual_products``.
+    values : array of shape (n_observed,)
         Observed values, in the pattern's order.
 
     Returns

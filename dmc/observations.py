@@ -47,10 +47,12 @@ class Observations:
 
     @property
     def n_observed(self) -> int:
+        """Number of observed entries, ``|Omega|``."""
         return int(self.values.shape[0])
 
     @property
     def observed_fraction(self) -> float:
+        """``|Omega| / (m * n)``."""
         m, n = self.shape
         return self.n_observed / (m * n)
 
@@ -74,6 +76,7 @@ class Observations:
         return mask
 
     def astype(self, dtype) -> "Observations":
+        """The same entries with values of ``dtype`` (no copy when it already matches)."""
         return Observations(self.shape, self.observed_rows, self.observed_cols,
                             self.values.astype(dtype, copy=False))
 

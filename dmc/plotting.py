@@ -58,15 +58,16 @@ def plot_histories(runs, *, metric="recovery_error", x=("iteration", "time"),
 
     Parameters
     ----------
-    runs : dict ``label -> history`` or list of ``(label, history)``
-        Each history is a mapping with 1-D arrays, e.g. ``model.history_``
+    runs : dict or list of (str, dict) pairs
+        ``{label: history}`` or ``[(label, history), ...]``.  Each history is a mapping with 1-D arrays, e.g. ``model.history_``
         (keys ``iteration``, ``time``, ``train_loss``, ``recovery_error``).
-    metric : str
+    metric : str, default="recovery_error"
         The history key on the y axis.
-    x : str or sequence of str
+    x : str or sequence of str, default=("iteration", "time")
         One panel per x key, side by side (``"iteration"``, ``"time"``).
     title : str, optional
-    logy : bool
+        Figure title.
+    logy : bool, default=True
         Log scale on y (non-positive values are dropped).
 
     Returns
@@ -100,11 +101,17 @@ def plot_rank_sweep(ranks, series, *, ylabel="steps", title=None, logy=False, sp
     ----------
     ranks : sequence of int
         The x values.
-    series : dict ``label -> 2-D array`` of shape ``(len(ranks), n_seeds)``
+    series : dict of str to 2-D array
+        ``{label: values}`` with ``values`` of shape ``(len(ranks), n_seeds)``.
         NaN entries (runs that did not get there) are ignored in the mean
         and spread, and the number of such entries is annotated.
-    ylabel : str
-    spread : {"minmax", "std"}
+    ylabel : str, default="steps"
+        Label of the y axis.
+    title : str, optional
+        Axes title.
+    logy : bool, default=False
+        Log scale on y.
+    spread : {"minmax", "std"}, default="minmax"
         Shaded band: min..max over seeds, or mean +- one standard deviation.
 
     Returns
@@ -151,8 +158,16 @@ def plot_success_map(success, *, row_labels, col_labels, row_name="method",
 
     Parameters
     ----------
-    success : 2-D array, shape ``(len(row_labels), len(col_labels))``
-    row_labels, col_labels : sequences of str or numbers
+    success : 2-D array of shape (len(row_labels), len(col_labels))
+        Success rates in [0, 1]; NaN cells are left blank.
+    row_labels, col_labels : sequence of str or numbers
+        Tick labels of the rows and columns.
+    row_name : str, default="method"
+        Label of the y axis.
+    col_name : str, default="observed entries"
+        Label of the x axis.
+    title : str, optional
+        Axes title.
 
     Returns
     -------
@@ -182,9 +197,14 @@ def plot_spectra(snapshots, *, title=None, top=None, logy=True):
 
     Parameters
     ----------
-    snapshots : list of ``(iteration, singular_values)`` pairs
+    snapshots : list of (int, array) pairs
+        ``[(iteration, singular_values), ...]``, in any order.
+    title : str, optional
+        Figure title.
     top : int, optional
         Draw only the largest ``top`` singular values.
+    logy : bool, default=True
+        Log scale on y.
 
     Returns
     -------
@@ -229,8 +249,13 @@ def plot_loglog(series, *, xlabel, ylabel, title=None, fit=True):
 
     Parameters
     ----------
-    series : dict ``label -> (x, y)``
-    fit : bool
+    series : dict of str to (array, array)
+        ``{label: (x, y)}``; non-positive and non-finite points are dropped.
+    xlabel, ylabel : str
+        Axis labels.
+    title : str, optional
+        Axes title.
+    fit : bool, default=True
         Fit the slope by least squares on the logs and show it.
 
     Returns

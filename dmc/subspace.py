@@ -129,7 +129,17 @@ class DenseOrthogonal:
 
 @dataclass(frozen=True)
 class InitialSpectrum:
-    """Top singular triplets of the initial gradient ``G0``."""
+    """Top singular triplets of the initial gradient ``G0``.
+
+    Attributes
+    ----------
+    left : ndarray of shape (m, rank)
+        ``U_G``, the left singular vectors.
+    singular_values : ndarray of shape (rank,)
+        In descending order.
+    right : ndarray of shape (n, rank)
+        ``V_G``, the right singular vectors.
+    """
 
     left: np.ndarray  # U_G, m x rank
     singular_values: np.ndarray  # descending
