@@ -103,7 +103,7 @@ class DeepMatrixCompleter(BaseCompleter):
         ``time``, ``train_loss`` in the units of M, ``recovery_error`` when
         tracked); a true return value stops the fit (``stop_reason_ ==
         "callback"``).  Callbacks are not saved by :meth:`save`.
-    verbose : {0, 1, 2} or bool, default=0
+    verbose : int or bool, default=0
         0: silent.  1 (or True): a progress bar with the loss and recovery
         error (tqdm, installed by ``dmc[progress]``; without it a line every
         5 seconds).  2: a line per record.  Ctrl-C during a fit stops it
@@ -119,7 +119,7 @@ class DeepMatrixCompleter(BaseCompleter):
     device : str, optional
         ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default: the input's device
         with ``"auto"``, else the CPU (torch) or GPU 0 (cupy).
-    dtype : {"float32", "float64"}, optional
+    dtype : {"float32", "float64"} or None, default=None
         Default: the input's float dtype; integers become the backend's
         default float (float64 for NumPy and CuPy, ``torch.get_default_dtype()``
         for torch).
@@ -233,11 +233,15 @@ class DeepMatrixCompleter(BaseCompleter):
 
     @staticmethod
     def _dtype_name(dtype):
-        name = str(dtype).replace("torch.", "")
+        """``"float32"`` for np.float32, "float32", torch.float32, ..."""
         try:
-            return np.dtype(name).name
+            return np.dtype(dtype).name  # NumPy and CuPy dtypes, scalar types, names
         except TypeError:
-            return name
+            name = str(dtype).replace("torch.", "")
+            try:
+                return np.dtype(name).name
+            except TypeError:
+                return name
 
     # -- fitting -------------------------------------------------------------
     def _initialize(self, obs, rng):
@@ -279,6 +283,9 @@ class DeepMatrixCompleter(BaseCompleter):
         backend = resolve_backend(M, self.backend, self.device)
         obs, input_dtype = observed_triplets(M, mask)
         self._check_params(obs.shape)
+        if not np.any(obs.values):
+            raise ValueError("all observed values are zero: there is no signal to complete "
+                             "(the zero matrix fits them exactly).")
         if ground_truth is not None:
             if tuple(ground_truth.shape if hasattr(ground_truth, "shape")
                      else np.shape(ground_truth)) != obs.shape:
@@ -293,8 +300,6 @@ class DeepMatrixCompleter(BaseCompleter):
         factors, singular_values = self._initialize(obs, rng)
         p = obs.observed_fraction
         scale = float(singular_values[0] / p / _REFERENCE_SCALE) if self.normalize else 1.0
-        if not scale > 0:
-            raise ValueError("all observed values are zero: there is no signal to complete.")
         obs = obs.astype(np.float64).scaled(1.0 / scale).astype(dtype_name)
         # C order: row gathers on the observed pattern are several times faster
         factors = models.DeepFactors.from_arrays(
@@ -396,7 +401,8 @@ class DeepMatrixCompleter(BaseCompleter):
 
         Returns
         -------
-        array of shape (len(rows),), in the fit's backend (NumPy with ``as_numpy``)
+        values : array of shape (len(rows),)
+            In the fit's backend; NumPy with ``as_numpy=True``.
         """
         self._check_fitted()
         rows, cols = to_numpy(rows), to_numpy(cols)

@@ -222,7 +222,7 @@ class RatingsCompleter(BaseCompleter):
         Each is called at every record of the first training run with the
         record (a dict with the keys of ``history_``); a true return value
         stops the fit.  Not saved by :meth:`save`.
-    verbose : {0, 1, 2} or bool, default=0
+    verbose : int or bool, default=0
         0: silent; 1 (or True): a progress bar with the training loss and
         validation RMSE (tqdm; lines every 5 s without it); 2: a line per
         record.  Ctrl-C stops a fit cleanly at any level: the best state so
@@ -399,7 +399,8 @@ class RatingsCompleter(BaseCompleter):
         same = (rows[1:] == rows[:-1]) & (cols[1:] == cols[:-1])
         if np.any(same):
             i = int(np.flatnonzero(same)[0])
-            raise ValueError(f"user {self.user_ids_[rows[i]]!r} rated item {self.item_ids_[cols[i]]!r} "
+            user, item = (self.user_ids_[rows[i]].item(), self.item_ids_[cols[i]].item())
+            raise ValueError(f"user {user!r} rated item {item!r} "
                              "more than once; keep one rating per pair (e.g. the latest).")
         self.rating_range_ = (self._check_range(self.rating_range) if self.rating_range is not None
                               else (float(ratings.min()), float(ratings.max())))

@@ -182,3 +182,27 @@ def test_dataset_arguments():
         make_low_rank((10, 10), 11, 0.5)
     with pytest.raises(ValueError, match="shape"):
         make_low_rank((10, -1), 2, 0.5)
+
+
+@pytest.mark.filterwarnings("ignore::dmc.ConvergenceWarning")
+@pytest.mark.parametrize("as_list", [False, True])
+def test_integer_input_becomes_float64(problem, as_list):
+    M, mask = problem
+    integers = np.rint(10 * M).astype(np.int64)
+    model = fit(integers.tolist() if as_list else integers, mask)
+    assert model.transform().dtype == np.float64
+
+
+def test_all_observed_zero_is_reported(problem):
+    M, mask = problem
+    for normalize in (True, False):
+        with pytest.raises(ValueError, match="all observed values are zero"):
+            fit(np.zeros_like(M), mask, normalize=normalize)
+
+
+def test_duplicate_rating_names_the_ids_plainly():
+    from dmc import RatingsCompleter
+
+    with pytest.raises(ValueError, match=r"user 'u1' rated item 7 more than once"):
+        RatingsCompleter(rank=1).fit(np.array(["u1", "u1", "u2"]), np.array([7, 7, 8]),
+                                     np.array([1.0, 2.0, 3.0]))
