@@ -23,7 +23,7 @@ def _trajectory(factors, loss_and_gradients, step_sizes, n_steps, record_every):
     with warnings.catch_warnings():  # tol=0 runs to max_iter on purpose
         warnings.simplefilter("ignore", ConvergenceWarning)
         gradient_descent(factors, loss_and_gradients, step_sizes, max_iter=n_steps, tol=0.0,
-                         observed_norm=1.0, record_every=record_every, recovery_error=capture)
+                         observed_norm=1.0, record_every=record_every, metrics={"snapshot": capture})
     return snapshots
 
 
