@@ -1,0 +1,337 @@
+"""Reading and writing matrices and index pairs in the file formats of ``dmc complete``.
+
+Inputs: ``.npy`` (dense, NaN = missing); ``.npz`` holding one dense array
+(NaN = missing), arrays ``M`` and ``mask`` (True = observed), or a
+``scipy.sparse`` matrix from ``scipy.sparse.save_npz`` (stored entries,
+zeros included, are the observed ones); Matrix Market ``.mtx`` / ``.mtx.gz``
+(stored entries observed); text triplets ``row,col,value`` in ``.csv``,
+``.tsv`` or ``.txt`` (comma, tab or whitespace separated, optional header,
+``#`` comments, 0-based unless ``one_based``).  Outputs: ``.npy``, ``.npz``,
+``.csv``/``.tsv``, or ``-`` for CSV on stdout.
+
+Every malformed file raises a ValueError naming the file (and line) and
+what is wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import warnings
+from pathlib import Path
+
+__all__ = ["INPUT_FORMATS", "OUTPUT_SUFFIXES", "read_matrix", "read_pairs", "write_matrix",
+           "write_pairs"]
+
+INPUT_FORMATS = ".npy, .npz, .mtx (or .mtx.gz), or CSV triplets .csv/.tsv/.txt"
+TEXT_SUFFIXES = (".csv", ".tsv", ".txt")
+OUTPUT_SUFFIXES = (".npy", ".npz") + TEXT_SUFFIXES
+
+
+def _one_line(text):
+    return " ".join(str(text).split())
+
+
+def _suffix(path):
+    """Lower-case extension, ``.mtx`` for ``.mtx.gz`` / ``.mtx.bz2``."""
+    name = str(path).lower()
+    for compressed in (".gz", ".bz2"):
+        if name.endswith(".mtx" + compressed):
+            return ".mtx"
+    return Path(name).suffix
+
+
+
+
+# -- dmc complete: reading ---------------------------------------------------------
+def _data_lines(handle):
+    """``(line_number, stripped_text)`` of the non-blank, non-comment lines."""
+    for number, line in enumerate(handle, start=1):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            yield number, stripped
+
+
+def _is_number(field):
+    try:
+        float(field)
+    except ValueError:
+        return False
+    return True
+
+
+class _Where:
+    """``where[i]``: ``"PATH line N"`` of the i-th data row (found lazily, for error messages)."""
+
+    def __init__(self, path, header):
+        self.path, self.header = path, header
+
+    def __getitem__(self, i):
+        with open(self.path, "r", encoding="utf-8-sig", newline="") as handle:
+            rows = _data_lines(handle)
+            if self.header:
+                next(rows)
+            for k, (number, _) in enumerate(rows):
+                if k == i:
+                    return f"{self.path} line {number}"
+        return f"{self.path} entry {i + 1}"
+
+
+def _read_text_table(path, *, columns, what):
+    """Numeric rows of a CSV/TSV/whitespace file as a float64 array of shape (k, columns).
+
+    A first line that is not all numbers is a header.  Blank lines and lines
+    starting with ``#`` are skipped.  ``columns`` may be a tuple of allowed
+    column counts.  Returns the table and a ``where`` indexable that names
+    the file line of each row.
+    """
+    import numpy as np
+
+    allowed = columns if isinstance(columns, tuple) else (columns,)
+    names = "row,col,value" if allowed == (3,) else "row,col"
+    try:
+        with open(path, "r", encoding="utf-8-sig", newline="") as handle:
+            head = []
+            for item in _data_lines(handle):
+                head.append(item)
+                if len(head) == 2:
+                    break
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a text file ({exc.reason})") from None
+    if not head:
+        raise ValueError(f"{path}: no {what} found (the file is empty)")
+    first_number, first = head[0]
+    delimiter = "," if "," in first else ("\t" if "\t" in first else None)
+
+    def fields(text):
+        return [f.strip() for f in (text.split(delimiter) if delimiter else text.split())]
+
+    header = not all(_is_number(f) for f in fields(first))
+    if header and len(head) < 2:
+        raise ValueError(f"{path}: no {what} found (only a header line)")
+    where = _Where(path, header)
+    try:  # fast path: NumPy's C parser
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            table = np.loadtxt(path, delimiter=delimiter, comments="#", ndmin=2,
+                               skiprows=first_number if header else 0, dtype=np.float64,
+                               encoding="utf-8-sig")
+        if table.shape[1] in allowed:
+            return table, where
+    except (ValueError, UserWarning):
+        pass
+    # slow path: find the first bad line and say what is wrong with it
+    with open(path, "r", encoding="utf-8-sig", newline="") as handle:
+        rows = _data_lines(handle)
+        if header:
+            next(rows)
+        width = None
+        for number, text in rows:
+            parts = fields(text)
+            width = len(parts) if width is None else width
+            if len(parts) != width or len(parts) not in allowed:
+                raise ValueError(f"{path} line {number}: expected {' or '.join(map(str, allowed))} "
+                               f"fields ({names}), found {len(parts)}: {text[:60]!r}")
+            for part in parts:
+                if not _is_number(part):
+                    raise ValueError(f"{path} line {number}: {part[:40]!r} is not a number")
+    raise ValueError(f"{path}: cannot read it as {names} lines")
+
+
+def _index_columns(table, where, *, one_based, shape):
+    """Integer row and column indices (0-based) from the first two columns, checked."""
+    import numpy as np
+
+    index = table[:, :2]
+    integral = np.isfinite(index) & (index == np.round(index))
+    if not integral.all():
+        i = int(np.flatnonzero(~integral.all(axis=1))[0])
+        raise ValueError(f"{where[i]}: row and column indices must be "
+                       f"integers; got {table[i, 0]:g}, {table[i, 1]:g}")
+    index = index.astype(np.int64) - (1 if one_based else 0)
+    if index.size and index.min() < 0:
+        i = int(np.flatnonzero((index < 0).any(axis=1))[0])
+        smallest = 1 if one_based else 0
+        hint = "" if one_based else " (are the indices 1-based? use --one-based)"
+        raise ValueError(f"{where[i]}: indices start at {smallest}; got "
+                       f"{int(table[i, 0])}, {int(table[i, 1])}{hint}")
+    if shape is not None:
+        for axis, name in ((0, "row"), (1, "column")):
+            outside = index[:, axis] >= shape[axis]
+            if outside.any():
+                i = int(np.flatnonzero(outside)[0])
+                raise ValueError(f"{where[i]}: {name} index "
+                               f"{int(table[i, axis])} is outside the shape {shape[0]} x {shape[1]}")
+    return index[:, 0], index[:, 1]
+
+
+def _check_magic(path, suffix):
+    """A .npy / .npz file must start like one (NumPy's own message blames pickles)."""
+    magic = {".npy": (b"\x93NUMPY", "a NumPy .npy file"), ".npz": (b"PK", "a NumPy .npz (zip) archive")}
+    if suffix in magic:
+        with open(path, "rb") as handle:
+            start = handle.read(6)
+        if not start.startswith(magic[suffix][0]):
+            raise ValueError(f"{path} is not {magic[suffix][1]}")
+
+
+def read_matrix(path, *, one_based=False, shape=None):
+    """``(M, mask, n_observed)`` from an input file; mask is None unless given in the file."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    if not Path(path).exists():
+        raise FileNotFoundError(f"input file {path} does not exist")
+    if Path(path).is_dir():
+        raise ValueError(f"input {path} is a folder, not a file")
+    suffix = _suffix(path)
+    if shape is not None and suffix not in TEXT_SUFFIXES:
+        raise ValueError(f"--shape applies to CSV triplet input only; {path} carries its own shape")
+    mask = None
+    _check_magic(path, suffix)
+    if suffix == ".npy":
+        try:
+            M = np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise ValueError(f"{path}: not a readable .npy array ({_one_line(exc)})") from None
+    elif suffix == ".npz":
+        try:
+            archive = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"{path}: not a readable .npz archive ({_one_line(exc)})") from None
+        with archive:
+            keys = set(archive.files)
+            if {"format", "shape"} <= keys:
+                M = sp.load_npz(path)
+            elif {"M", "mask"} <= keys:
+                M, mask = archive["M"], archive["mask"]
+            elif len(keys) == 1:
+                M = archive[keys.pop()]
+            else:
+                raise ValueError(f"{path} holds arrays {sorted(keys)}; expected one dense array "
+                               "(NaN = missing), arrays 'M' and 'mask' (True = observed), or a "
+                               "scipy.sparse matrix saved with scipy.sparse.save_npz")
+    elif suffix == ".mtx":
+        import scipy.io
+
+        try:
+            field = scipy.io.mminfo(path)[4]
+            M = scipy.io.mmread(path)
+        except (ValueError, IndexError, TypeError) as exc:
+            raise ValueError(f"{path}: not a readable Matrix Market file ({_one_line(exc)})") from None
+        if field == "pattern":
+            raise ValueError(f"{path} is a 'pattern' Matrix Market file: it has positions but no "
+                           "values to complete")
+        if sp.issparse(M):
+            M = sp.csr_matrix(M) if not sp.isspmatrix_coo(M) else M
+    elif suffix in TEXT_SUFFIXES:
+        table, where = _read_text_table(path, columns=3, what="row,col,value triplets")
+        rows, cols = _index_columns(table, where, one_based=one_based, shape=shape)
+        inferred = (int(rows.max()) + 1, int(cols.max()) + 1)
+        shape = tuple(shape) if shape is not None else inferred
+        key = rows * shape[1] + cols
+        order = np.argsort(key, kind="stable")
+        repeated = np.flatnonzero(key[order][1:] == key[order][:-1])
+        if repeated.size:
+            i = int(order[repeated[0] + 1])
+            raise ValueError(f"{where[i]}: entry ({int(table[i, 0])}, "
+                           f"{int(table[i, 1])}) appears more than once")
+        M = sp.coo_matrix((table[:, 2], (rows, cols)), shape=shape).tocsr()
+    else:
+        raise ValueError(f"{path}: unknown input format {suffix or '(no extension)'!r}; "
+                       f"use {INPUT_FORMATS}")
+
+    if sp.issparse(M):
+        if M.ndim != 2:
+            raise ValueError(f"{path} holds a {M.ndim}-D sparse array; dmc needs a 2-D matrix")
+        return M, None, int(M.nnz)
+    M = np.asarray(M)
+    if M.ndim != 2:
+        raise ValueError(f"{path} holds an array of shape {M.shape}; dmc needs a 2-D matrix")
+    if M.dtype.kind not in "biuf":
+        raise ValueError(f"{path} holds values of dtype {M.dtype}; dmc needs real numbers")
+    if mask is not None:
+        n_observed = int(np.count_nonzero(mask)) if np.shape(mask) == M.shape else 0
+    elif M.dtype.kind == "f":
+        n_observed = int(np.count_nonzero(~np.isnan(M)))
+    else:
+        n_observed = M.size
+    return M, mask, n_observed
+
+
+def read_pairs(path, *, one_based=False, shape=None):
+    """0-based ``(rows, cols)`` int64 arrays from a CSV of pairs or an .npy (k x 2) array."""
+    import numpy as np
+
+    if not Path(path).exists():
+        raise FileNotFoundError(f"pairs file {path} does not exist")
+    suffix = _suffix(path)
+    _check_magic(path, suffix)
+    if suffix == ".npy":
+        try:
+            table = np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise ValueError(f"{path}: not a readable .npy array ({_one_line(exc)})") from None
+        if table.ndim != 2 or table.shape[1] not in (2, 3) or table.dtype.kind not in "iuf":
+            raise ValueError(f"{path} holds an array of shape {table.shape} and dtype {table.dtype}; "
+                           "pairs must be a k x 2 integer array of (row, col)")
+        table = table.astype(np.float64)
+        where = [f"{path} row {i}" for i in range(len(table))]
+    elif suffix in TEXT_SUFFIXES:
+        table, where = _read_text_table(path, columns=(2, 3), what="row,col pairs")
+    else:
+        raise ValueError(f"{path}: unknown pairs format {suffix or '(no extension)'!r}; "
+                       "use .csv (row,col lines) or .npy (k x 2 integers)")
+    return _index_columns(table, where, one_based=one_based, shape=shape)
+
+
+# -- dmc complete: writing -----------------------------------------------------------
+
+
+
+
+def _float_format(dtype):
+    return "%.9g" if str(dtype) == "float32" else "%.17g"
+
+
+@contextlib.contextmanager
+def _text_target(path):
+    if str(path) == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+    else:
+        with open(path, "w", encoding="utf-8", newline="") as handle:
+            yield handle
+
+
+def write_matrix(path, X):
+    import numpy as np
+
+    suffix = "-" if str(path) == "-" else _suffix(path)
+    if suffix == ".npy":
+        np.save(path, X)
+    elif suffix == ".npz":
+        np.savez_compressed(path, X=X)
+    else:
+        delimiter = "\t" if suffix == ".tsv" else ","
+        with _text_target(path) as handle:
+            np.savetxt(handle, X, delimiter=delimiter, fmt=_float_format(X.dtype))
+
+
+def write_pairs(path, rows, cols, values, *, one_based=False):
+    import numpy as np
+
+    suffix = "-" if str(path) == "-" else _suffix(path)
+    if suffix == ".npy":
+        np.save(path, values)
+    elif suffix == ".npz":
+        np.savez_compressed(path, row=rows, col=cols, value=values)
+    else:
+        delimiter = "\t" if suffix == ".tsv" else ","
+        shift = 1 if one_based else 0
+        table = np.empty(len(values), dtype=[("row", np.int64), ("col", np.int64), ("value", np.float64)])
+        table["row"], table["col"], table["value"] = rows + shift, cols + shift, values
+        with _text_target(path) as handle:
+            np.savetxt(handle, table, delimiter=delimiter,
+                       fmt=["%d", "%d", _float_format(values.dtype)],
+                       header=delimiter.join(["row", "col", "value"]), comments="")
