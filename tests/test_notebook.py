@@ -171,3 +171,42 @@ def test_movielens_runs(kernel_env):
         pytest.skip(f"MovieLens 100K not found at {ML100K} (set DMC_MOVIELENS to an ml-100k "
                     "folder, or place it at ../shared/data/ml-100k relative to the repo)")
     _execute("movielens.ipynb", kernel_env)
+
+
+def test_interrupting_a_notebook_cell_stops_the_fit_cleanly(kernel_env):
+    """Jupyter's "interrupt kernel" (SIGINT) ends a fit with its state, not a traceback."""
+    from jupyter_client.manager import start_new_kernel
+
+    code = (
+        "from dmc import DeepMatrixCompleter\n"
+        "from dmc.datasets import make_low_rank\n"
+        "M, mask = make_low_rank((60, 60), 3, 0.3, random_state=0)\n"
+        "started = lambda r: print('started', flush=True) if r['iteration'] == 50 else None\n"
+        "model = DeepMatrixCompleter(rank=4, max_iter=10**7, tol=0, callbacks=started,\n"
+        "                            random_state=0).fit(M, mask)\n"
+        "print('stopped', model.stop_reason_, model.n_iter_ > 50)\n"
+    )
+    manager, client = start_new_kernel(kernel_name="python3")
+    try:
+        msg_id = client.execute(code)
+        outputs, errors, interrupted = [], [], False
+        while True:
+            msg = client.get_iopub_msg(timeout=120)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                outputs.append(content["text"])
+                if "started" in content["text"] and not interrupted:
+                    manager.interrupt_kernel()
+                    interrupted = True
+            elif kind == "error":
+                errors.append(content["ename"])
+            elif kind == "status" and content["execution_state"] == "idle":
+                break
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+    text = "".join(outputs)
+    assert not errors, errors
+    assert "stopped interrupted True" in text and "FitInterruptedWarning" in text, text
