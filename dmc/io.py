@@ -131,7 +131,7 @@ def _read_text_table(path, *, columns, what):
             width = len(parts) if width is None else width
             if len(parts) != width or len(parts) not in allowed:
                 raise ValueError(f"{path} line {number}: expected {' or '.join(map(str, allowed))} "
-                               f"fields ({names}), found {len(parts)}: {text[:60]!r}")
+                                 f"fields ({names}), found {len(parts)}: {text[:60]!r}")
             for part in parts:
                 if not _is_number(part):
                     raise ValueError(f"{path} line {number}: {part[:40]!r} is not a number")
@@ -147,21 +147,21 @@ def _index_columns(table, where, *, one_based, shape):
     if not integral.all():
         i = int(np.flatnonzero(~integral.all(axis=1))[0])
         raise ValueError(f"{where[i]}: row and column indices must be "
-                       f"integers; got {table[i, 0]:g}, {table[i, 1]:g}")
+                         f"integers; got {table[i, 0]:g}, {table[i, 1]:g}")
     index = index.astype(np.int64) - (1 if one_based else 0)
     if index.size and index.min() < 0:
         i = int(np.flatnonzero((index < 0).any(axis=1))[0])
         smallest = 1 if one_based else 0
         hint = "" if one_based else " (are the indices 1-based? use --one-based)"
         raise ValueError(f"{where[i]}: indices start at {smallest}; got "
-                       f"{int(table[i, 0])}, {int(table[i, 1])}{hint}")
+                         f"{int(table[i, 0])}, {int(table[i, 1])}{hint}")
     if shape is not None:
         for axis, name in ((0, "row"), (1, "column")):
             outside = index[:, axis] >= shape[axis]
             if outside.any():
                 i = int(np.flatnonzero(outside)[0])
                 raise ValueError(f"{where[i]}: {name} index "
-                               f"{int(table[i, axis])} is outside the shape {shape[0]} x {shape[1]}")
+                                 f"{int(table[i, axis])} is outside the shape {shape[0]} x {shape[1]}")
     return index[:, 0], index[:, 1]
 
 
@@ -175,6 +175,15 @@ def _check_magic(path, suffix):
             raise ValueError(f"{path} is not {magic[suffix][1]}")
 
 
+def _load_npy(path):
+    import numpy as np
+
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a readable .npy array ({_one_line(exc)})") from None
+
+
 def read_matrix(path, *, one_based=False, shape=None):
     """``(M, mask, n_observed)`` from an input file; mask is None unless given in the file."""
     import numpy as np
@@ -186,14 +195,12 @@ def read_matrix(path, *, one_based=False, shape=None):
         raise ValueError(f"input {path} is a folder, not a file")
     suffix = _suffix(path)
     if shape is not None and suffix not in TEXT_SUFFIXES:
-        raise ValueError(f"--shape applies to CSV triplet input only; {path} carries its own shape")
+        raise ValueError(f"a shape (--shape) applies to CSV triplet input only; {path} carries "
+                         "its own shape")
     mask = None
     _check_magic(path, suffix)
     if suffix == ".npy":
-        try:
-            M = np.load(path, allow_pickle=False)
-        except ValueError as exc:
-            raise ValueError(f"{path}: not a readable .npy array ({_one_line(exc)})") from None
+        M = _load_npy(path)
     elif suffix == ".npz":
         try:
             archive = np.load(path, allow_pickle=False)
@@ -209,8 +216,8 @@ def read_matrix(path, *, one_based=False, shape=None):
                 M = archive[keys.pop()]
             else:
                 raise ValueError(f"{path} holds arrays {sorted(keys)}; expected one dense array "
-                               "(NaN = missing), arrays 'M' and 'mask' (True = observed), or a "
-                               "scipy.sparse matrix saved with scipy.sparse.save_npz")
+                                 "(NaN = missing), arrays 'M' and 'mask' (True = observed), or a "
+                                 "scipy.sparse matrix saved with scipy.sparse.save_npz")
     elif suffix == ".mtx":
         import scipy.io
 
@@ -221,7 +228,7 @@ def read_matrix(path, *, one_based=False, shape=None):
             raise ValueError(f"{path}: not a readable Matrix Market file ({_one_line(exc)})") from None
         if field == "pattern":
             raise ValueError(f"{path} is a 'pattern' Matrix Market file: it has positions but no "
-                           "values to complete")
+                             "values to complete")
         if sp.issparse(M):
             M = sp.csr_matrix(M) if not sp.isspmatrix_coo(M) else M
     elif suffix in TEXT_SUFFIXES:
@@ -235,11 +242,11 @@ def read_matrix(path, *, one_based=False, shape=None):
         if repeated.size:
             i = int(order[repeated[0] + 1])
             raise ValueError(f"{where[i]}: entry ({int(table[i, 0])}, "
-                           f"{int(table[i, 1])}) appears more than once")
+                             f"{int(table[i, 1])}) appears more than once")
         M = sp.coo_matrix((table[:, 2], (rows, cols)), shape=shape).tocsr()
     else:
         raise ValueError(f"{path}: unknown input format {suffix or '(no extension)'!r}; "
-                       f"use {INPUT_FORMATS}")
+                         f"use {INPUT_FORMATS}")
 
     if sp.issparse(M):
         if M.ndim != 2:
@@ -268,20 +275,17 @@ def read_pairs(path, *, one_based=False, shape=None):
     suffix = _suffix(path)
     _check_magic(path, suffix)
     if suffix == ".npy":
-        try:
-            table = np.load(path, allow_pickle=False)
-        except ValueError as exc:
-            raise ValueError(f"{path}: not a readable .npy array ({_one_line(exc)})") from None
+        table = _load_npy(path)
         if table.ndim != 2 or table.shape[1] not in (2, 3) or table.dtype.kind not in "iuf":
             raise ValueError(f"{path} holds an array of shape {table.shape} and dtype {table.dtype}; "
-                           "pairs must be a k x 2 integer array of (row, col)")
+                             "pairs must be a k x 2 integer array of (row, col)")
         table = table.astype(np.float64)
         where = [f"{path} row {i}" for i in range(len(table))]
     elif suffix in TEXT_SUFFIXES:
         table, where = _read_text_table(path, columns=(2, 3), what="row,col pairs")
     else:
         raise ValueError(f"{path}: unknown pairs format {suffix or '(no extension)'!r}; "
-                       "use .csv (row,col lines) or .npy (k x 2 integers)")
+                         "use .csv (row,col lines) or .npy (k x 2 integers)")
     return _index_columns(table, where, one_based=one_based, shape=shape)
 
 
