@@ -11,7 +11,8 @@ from __future__ import annotations
 import inspect
 import numbers
 
-__all__ = ["BaseCompleter", "ParamsMixin", "check_callbacks", "check_verbose", "is_int", "is_real"]
+__all__ = ["BaseCompleter", "ParamsMixin", "check_callbacks", "check_verbose", "is_int", "is_real",
+           "solver_callbacks"]
 
 
 def is_int(x) -> bool:
@@ -35,6 +36,12 @@ def check_callbacks(callbacks) -> list:
     raise TypeError(
         "callbacks must be None, a callable or a list of callables (each called as "
         f"callback(record) -> bool); got {callbacks!r}.")
+
+
+def solver_callbacks(callbacks) -> list:
+    """The estimator's ``callbacks`` (each ``record -> bool``) in the solver's
+    protocol ``(record, factors) -> bool``: users see records, not factors."""
+    return [lambda record, _, user=user: user(record) for user in check_callbacks(callbacks)]
 
 
 def check_verbose(verbose) -> None:

@@ -47,6 +47,7 @@ from .observations import Observations
 __all__ = [
     "Backend",
     "resolve_backend",
+    "dtype_name",
     "observed_triplets",
     "to_namespace",
     "to_numpy",
@@ -174,6 +175,18 @@ def resolve_backend(M, backend="auto", device=None) -> Backend:
         raise ValueError(f'backend="numpy" runs on the CPU; got device={device!r}. '
                          'Use backend="torch" or "cupy" for a GPU.')
     return Backend(name, device)
+
+
+def dtype_name(dtype) -> str:
+    """``"float32"`` for np.float32, np.dtype("float32"), "float32", torch.float32, ..."""
+    try:
+        return np.dtype(dtype).name  # NumPy and CuPy dtypes, scalar types, names
+    except TypeError:
+        name = str(dtype).replace("torch.", "")
+        try:
+            return np.dtype(name).name
+        except TypeError:
+            return name
 
 
 def to_numpy(x):

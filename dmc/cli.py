@@ -237,6 +237,9 @@ def _demo(args):
             raise CLIError(f"cannot write the plot {plot}: {exc.strerror or exc}", status=1) from exc
         print(f"plot: {plot}", flush=True)
     return 0
+
+
+# -- dmc complete --------------------------------------------------------------------
 def _check_output(path, what="output"):
     if str(path) == "-":
         return

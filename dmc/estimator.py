@@ -7,8 +7,9 @@ import time
 import numpy as np
 
 from . import models, subspace
-from ._base import BaseCompleter, check_callbacks, check_verbose, is_int, is_real
-from .backend import make_pattern, observed_triplets, resolve_backend, to_namespace, to_numpy
+from ._base import BaseCompleter, check_callbacks, check_verbose, is_int, is_real, solver_callbacks
+from .backend import (dtype_name, make_pattern, observed_triplets, resolve_backend, to_namespace,
+                      to_numpy)
 from .datasets import _rng
 from .metrics import recovery_error, rmse
 from .solver import gradient_descent
@@ -25,8 +26,6 @@ _DTYPES = ("float32", "float64")
 # 10, 30%) and 6,300 on 1000 x 1000 (rank 5, 20%), against 20,500 and 6,900
 # at scale 1 and 13,000 on the first at scale 63.
 _REFERENCE_SCALE = 10.0
-
-
 
 
 def _rescaled(factors, scale):
@@ -226,22 +225,10 @@ class DeepMatrixCompleter(BaseCompleter):
             raise ValueError(f"tol must be a number >= 0; got {self.tol!r}.")
         if not is_int(self.record_every) or self.record_every < 1:
             raise ValueError(f"record_every must be a positive integer; got {self.record_every!r}.")
-        if self.dtype is not None and self._dtype_name(self.dtype) not in _DTYPES:
+        if self.dtype is not None and dtype_name(self.dtype) not in _DTYPES:
             raise ValueError(f'dtype must be None, "float32" or "float64"; got {self.dtype!r}.')
         check_callbacks(self.callbacks)
         check_verbose(self.verbose)
-
-    @staticmethod
-    def _dtype_name(dtype):
-        """``"float32"`` for np.float32, "float32", torch.float32, ..."""
-        try:
-            return np.dtype(dtype).name  # NumPy and CuPy dtypes, scalar types, names
-        except TypeError:
-            name = str(dtype).replace("torch.", "")
-            try:
-                return np.dtype(name).name
-            except TypeError:
-                return name
 
     # -- fitting -------------------------------------------------------------
     def _initialize(self, obs, rng):
@@ -293,17 +280,17 @@ class DeepMatrixCompleter(BaseCompleter):
                     f"ground_truth has shape {tuple(np.shape(to_numpy(ground_truth)))} but M has "
                     f"shape {obs.shape}; pass the full matrix M is sampled from."
                 )
-        dtype_name = (self._dtype_name(self.dtype) if self.dtype is not None
-                      else input_dtype or self._dtype_name(backend.default_float()))
-        dtype = backend.float_dtype(dtype_name)
+        float_name = (dtype_name(self.dtype) if self.dtype is not None
+                      else input_dtype or dtype_name(backend.default_float()))
+        dtype = backend.float_dtype(float_name)
         rng = _rng(self.random_state)
         factors, singular_values = self._initialize(obs, rng)
         p = obs.observed_fraction
         scale = float(singular_values[0] / p / _REFERENCE_SCALE) if self.normalize else 1.0
-        obs = obs.astype(np.float64).scaled(1.0 / scale).astype(dtype_name)
+        obs = obs.astype(np.float64).scaled(1.0 / scale).astype(float_name)
         # C order: row gathers on the observed pattern are several times faster
         factors = models.DeepFactors.from_arrays(
-            [to_namespace(np.ascontiguousarray(a, dtype=dtype_name), backend)
+            [to_namespace(np.ascontiguousarray(a, dtype=float_name), backend)
              for a in factors.arrays()])
         lr = (models.spectral_step_size(singular_values[0] / scale, p, self.depth)
               if self.lr == "auto" else float(self.lr))
@@ -311,8 +298,8 @@ class DeepMatrixCompleter(BaseCompleter):
         step_sizes = [outer] + [lr] * len(factors.inner) + [outer]
 
         if self.method == "original":
-            observed_mask = to_namespace(obs.mask().astype(dtype_name), backend)
-            filled = np.zeros(obs.shape, dtype=dtype_name)
+            observed_mask = to_namespace(obs.mask().astype(float_name), backend)
+            filled = np.zeros(obs.shape, dtype=float_name)
             filled[obs.observed_rows, obs.observed_cols] = obs.values
             filled = to_namespace(filled, backend)
 
@@ -325,22 +312,19 @@ class DeepMatrixCompleter(BaseCompleter):
             def loss_and_gradients(f):
                 return models.sparse_loss_and_gradients(f, pattern, values)
 
-        error = None
+        metrics = {}
         if ground_truth is not None:
             truth = to_namespace(ground_truth, backend, dtype) / scale
             if not bool(backend.xp.all(backend.xp.isfinite(truth))):
                 raise ValueError("ground_truth must be finite everywhere (it is the full matrix).")
 
-            def error(f):
-                return recovery_error(models.end_to_end(f), truth)
+            metrics["recovery_error"] = lambda f: recovery_error(models.end_to_end(f), truth)
 
         result = gradient_descent(
             factors, loss_and_gradients, step_sizes, max_iter=self.max_iter, tol=self.tol,
             observed_norm=float(np.linalg.norm(obs.values)), record_every=self.record_every,
-            metrics=None if error is None else {"recovery_error": error}, start_time=start, verbose=int(self.verbose),
-            callbacks=[lambda record, _, user=user: user(record)
-                       for user in check_callbacks(self.callbacks)],
-            loss_unit=scale**2,
+            metrics=metrics, callbacks=solver_callbacks(self.callbacks), loss_unit=scale**2,
+            start_time=start, verbose=int(self.verbose),
         )
         self.shape_ = obs.shape
         self.backend_ = backend

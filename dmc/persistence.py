@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import Backend, _kind_of, to_namespace, to_numpy
+from .backend import Backend, _kind_of, dtype_name, to_namespace, to_numpy
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "load_estimator", "save_estimator"]
 
@@ -61,11 +61,10 @@ def _param_to_json(name, value, lost):
     if isinstance(value, list) and not any(callable(v) for v in value):
         return [_param_to_json(name, v, lost) for v in value]
     kind = type(value).__module__.split(".")[0]
-    if kind in ("torch", "numpy") and ("dtype" in type(value).__name__.lower()
-                                       or type(value).__name__ == "device"):
-        return str(value).replace("torch.", "")  # torch.float32 -> "float32", device -> "cuda:0"
-    if type(value).__name__ == "dtype" or isinstance(value, type):
-        return np.dtype(value).name
+    if kind == "torch" and type(value).__name__ == "device":
+        return str(value)  # "cuda:0"
+    if "dtype" in type(value).__name__.lower() or isinstance(value, type):
+        return dtype_name(value)  # torch.float32, np.dtype("float32"), np.float32 -> "float32"
     lost.append(name)  # callables, Generators, ...: code and live objects are not data
     return None
 

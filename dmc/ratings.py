@@ -40,15 +40,14 @@ import warnings
 import numpy as np
 
 from . import models, subspace
-from ._base import BaseCompleter, check_callbacks, check_verbose, is_int, is_real
+from ._base import BaseCompleter, check_callbacks, check_verbose, is_int, is_real, solver_callbacks
 from .backend import make_pattern
 from .datasets import _rng
+from .metrics import rmse
 from .observations import Observations
 from .solver import ConvergenceWarning, gradient_descent
 
 __all__ = ["RatingsCompleter"]
-
-
 
 
 class _BiasedFactors:
@@ -416,11 +415,9 @@ class RatingsCompleter(BaseCompleter):
                                  f"out of {ratings.size}.")
             train[rng.choice(ratings.size, n_validation, replace=False)] = False
         initial_state = rng.bit_generator.state
-        user_callbacks = [lambda record, _, user=user: user(record)
-                          for user in check_callbacks(self.callbacks)]
         fitted, result, best_iter = self._train(
             shape, rows, cols, ratings, train, rng, start, max_iter=self.max_iter,
-            callbacks=user_callbacks)
+            callbacks=solver_callbacks(self.callbacks))
         # an interrupted fit keeps its best state; the refit would start over
         if self.refit and self.validation_fraction > 0 and result.stop_reason != "interrupted":
             rng.bit_generator.state = initial_state
@@ -510,12 +507,12 @@ class RatingsCompleter(BaseCompleter):
                                  + s.user_bias[v_rows] + s.item_bias[v_cols])
             if self.clip:
                 np.clip(pred, low, high, out=pred)
-            return float(np.sqrt(np.mean((pred - v_values) ** 2)))
+            return rmse(pred, v_values)
 
         def early_stopping(record, s):
-            rmse = record["validation_rmse"]
-            if rmse < best["rmse"]:
-                best.update(rmse=rmse, iter=record["iteration"], state=s.copy(), since=0)
+            current = record["validation_rmse"]
+            if current < best["rmse"]:
+                best.update(rmse=current, iter=record["iteration"], state=s.copy(), since=0)
                 return False
             best["since"] += 1
             return best["since"] >= self.n_iter_no_change

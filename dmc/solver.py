@@ -51,9 +51,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = ["ConvergenceWarning", "DivergenceError", "FitInterruptedWarning", "SolverResult",
-           "STOP_REASONS", "gradient_descent"]
-
-STOP_REASONS = ("tol", "callback", "max_iter", "interrupted")
+           "gradient_descent"]
 
 
 class ConvergenceWarning(UserWarning):
@@ -95,11 +93,6 @@ class SolverResult:
     def converged(self) -> bool:
         """Whether ``tol`` was met."""
         return self.stop_reason == "tol"
-
-    @property
-    def stopped_by_callback(self) -> bool:
-        """Whether a callback ended the fit."""
-        return self.stop_reason == "callback"
 
 
 def _as_float(x) -> float:
