@@ -398,3 +398,15 @@ def test_debug_shows_traceback(tmp_path):
 def test_bench_unknown_lists_names():
     line = assert_one_line_error(run_dmc("bench", "nope"))
     assert "core" in line
+
+
+def test_model_defaults_match_the_estimator():
+    """The command spells the estimator's defaults out (its --help shows them without
+    importing the estimator); they must not drift apart."""
+    import inspect
+
+    from dmc import DeepMatrixCompleter
+    from dmc.cli import _MODEL_DEFAULTS
+
+    signature = inspect.signature(DeepMatrixCompleter.__init__).parameters
+    assert _MODEL_DEFAULTS == {name: signature[name].default for name in _MODEL_DEFAULTS}
