@@ -8,6 +8,8 @@ official train/test splits.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import scipy.sparse.linalg as spla
 
@@ -58,12 +60,15 @@ def uniform_mask(shape, observed_fraction, random_state=None) -> np.ndarray:
     return mask.reshape(m, n)
 
 
-def make_low_rank(shape, rank, observed_fraction, *, noise=0.0, random_state=None):
+def make_low_rank(shape, rank, observed_fraction, *, noise=0.0, condition_number=None, random_state=None):
     """A random rank-``rank`` matrix and a uniform observation mask.
 
     The paper's recipe: a standard Gaussian ``m x n`` matrix truncated to its
     top-``rank`` singular triplets (so singular values are about
-    ``sqrt(m) + sqrt(n)``, entries O(1) in size).
+    ``sqrt(m) + sqrt(n)``, entries O(1) in size).  With ``condition_number``
+    the singular vectors come from the same truncation and the singular
+    values are replaced by a geometric sequence with a chosen ratio between
+    the largest and the smallest.
 
     Parameters
     ----------
@@ -75,6 +80,16 @@ def make_low_rank(shape, rank, observed_fraction, *, noise=0.0, random_state=Non
         In (0, 1].  The mask observes exactly ``round(observed_fraction * m * n)`` entries.
     noise : float, default=0
         Standard deviation of Gaussian noise added to the observed values.
+    condition_number : float or None, default=None
+        ``kappa = s_1 / s_rank >= 1``, finite.  None keeps the Gaussian
+        truncation's own singular values (the paper's recipe; the output is
+        the same as without the argument, bit for bit, for the same seed).
+        A number sets the singular values to ``s_i = s_1 * kappa ** (-(i - 1)
+        / (rank - 1))``, ``i = 1 .. rank``: geometric from ``s_1`` down to
+        ``s_1 / kappa``, where ``s_1`` is the top singular value of the
+        Gaussian truncation (about ``sqrt(m) + sqrt(n)``, the same scale as
+        the default).  For ``rank=1`` there is only ``s_1``, whatever kappa.
+        The singular vectors and the mask are the ones drawn without it.
     random_state : int, numpy.random.Generator or None, default=None
 
     Returns
@@ -86,12 +101,32 @@ def make_low_rank(shape, rank, observed_fraction, *, noise=0.0, random_state=Non
     M_noisy : ndarray of shape (m, n)
         Returned only when ``noise > 0``: ``M_true`` plus noise on the observed entries (unobserved entries are
         NaN), the matrix to fit.
+
+    Raises
+    ------
+    ValueError
+        Bad shape, rank, observed fraction or noise, or a ``condition_number``
+        that is not a finite number >= 1.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> M, mask = make_low_rank((60, 50), 3, 0.3, condition_number=100, random_state=0)
+    >>> s = np.linalg.svd(M, compute_uv=False)
+    >>> round(float(s[0] / s[2]), 6), round(float(s[0] / s[1]), 6)
+    (100.0, 10.0)
     """
     m, n = _check_shape(shape)
     if int(rank) != rank or not 1 <= rank <= min(m, n):
         raise ValueError(f"rank must be an integer in [1, min(m, n)] = [1, {min(m, n)}]; got {rank!r}.")
     if noise < 0:
         raise ValueError(f"noise must be >= 0; got {noise!r}.")
+    if condition_number is not None:
+        real = isinstance(condition_number, numbers.Real) and not isinstance(condition_number, bool)
+        kappa = float(condition_number) if real else float("nan")
+        if not np.isfinite(kappa) or kappa < 1:
+            raise ValueError(f"condition_number must be None or a finite number >= 1 "
+                             f"(largest / smallest singular value); got {condition_number!r}.")
     rng = _rng(random_state)
     gaussian = rng.standard_normal((m, n))
     if rank < min(m, n) and min(m, n) > 200:
@@ -99,6 +134,13 @@ def make_low_rank(shape, rank, observed_fraction, *, noise=0.0, random_state=Non
     else:
         u, s, vt = np.linalg.svd(gaussian, full_matrices=False)
         u, s, vt = u[:, :rank], s[:rank], vt[:rank]
+    if condition_number is not None:
+        # svds returns ascending order: keep each vector with its own value's rank
+        order = np.argsort(s)[::-1]
+        ratios = kappa ** (-np.arange(rank) / max(rank - 1, 1))
+        s_new = np.empty_like(s)
+        s_new[order] = s[order[0]] * ratios
+        s = s_new
     M_true = (u * s) @ vt
     mask = uniform_mask((m, n), observed_fraction, rng)
     if noise == 0:
