@@ -13,6 +13,9 @@ Implemented in benchmarks (not part of dmc):
 - ``scaled_gd``: ScaledGD (Tong, Ma, Chi, JMLR 2021): the same loss, steps
   preconditioned by ``(R^T R)^-1`` and ``(L^T L)^-1`` (damped by ``1e-10 *
   sigma_1`` so that an overestimated rank stays well defined).
+- ``scaled_gd_lambda``: ScaledGD(lambda) (Xu, Shen, Chi, Ma, ICML 2023):
+  the same preconditioned steps with a fixed, non-negligible damping
+  ``lambda`` from a tiny random start, for an overestimated rank.
 """
 
 from __future__ import annotations
@@ -48,7 +51,22 @@ def versions():
 
 
 # -- factored gradient methods (implemented here) ------------------------------
-def _factored(M_obs, mask, M_true, rank, cap_s, target, scaled, max_iter=20000, record_every=10):
+#: ScaledGD(lambda) constants (see run_scaled_gd_lambda): step eta, damping
+#: lambda / s_1 and initial scale alpha, chosen on 600 x 500, true rank 4,
+#: 25% observed, kappa 1..1000, rank budgets 4, 8, 16 (benchmarks/conditioning.py).
+SGDL_STEP = 0.5
+SGDL_DAMPING = 0.1
+SGDL_INIT_SCALE = 1e-15
+
+
+def _factored(M_obs, mask, M_true, rank, cap_s, target, rule, max_iter=20000, record_every=10,
+              step=None, damping=None, init_scale=None, seed=0):
+    """Gradient methods on ``X = L R^T`` with loss ``1/(2p) ||P_Omega(L R^T - M)||_F^2``.
+
+    ``rule``: ``"bm"`` (spectral start, plain gradient plus balancing),
+    ``"scaled"`` (spectral start, ScaledGD) or ``"scaled_lambda"`` (small
+    random start, ScaledGD(lambda)).  ``max_iter`` caps the iterations.
+    """
     start = time.perf_counter()
     m, n = M_obs.shape
     rows, cols = np.nonzero(mask)  # row-major order = CSR order
@@ -56,12 +74,24 @@ def _factored(M_obs, mask, M_true, rank, cap_s, target, scaled, max_iter=20000, 
     p = len(values) / (m * n)
     pattern = sp.csr_matrix((np.ones_like(values), (rows, cols)), shape=(m, n))
     Y = sp.csr_matrix((values / p, (rows, cols)), shape=(m, n))
-    u, s, vt = spla.svds(Y, k=rank, v0=np.random.default_rng(0).standard_normal(min(m, n)))
-    L = u * np.sqrt(s)
-    R = vt.T * np.sqrt(s)
-    sigma1 = float(s.max())
-    eta = 0.5 if scaled else 0.5 / sigma1
-    damping = 1e-10 * sigma1
+    v0 = np.random.default_rng(seed).standard_normal(min(m, n))
+    k = rank
+    if rule == "scaled_lambda":
+        sigma1 = float(spla.svds(Y, k=1, v0=v0, return_singular_vectors=False)[0])
+        rng = np.random.default_rng(seed)
+        alpha = SGDL_INIT_SCALE if init_scale is None else init_scale
+        L = alpha * np.sqrt(sigma1) * rng.standard_normal((m, k)) / np.sqrt(m)
+        R = alpha * np.sqrt(sigma1) * rng.standard_normal((n, k)) / np.sqrt(n)
+        eta = SGDL_STEP if step is None else step
+        lam = (SGDL_DAMPING if damping is None else damping) * sigma1
+    else:
+        u, s, vt = spla.svds(Y, k=rank, v0=v0)
+        L = u * np.sqrt(s)
+        R = vt.T * np.sqrt(s)
+        sigma1 = float(s.max())
+        eta = step if step is not None else (0.5 if rule == "scaled" else 0.5 / sigma1)
+        lam = 1e-10 * sigma1  # only keeps an overestimated rank's solve defined
+    eye = np.eye(k)
     history = {"iteration": [], "time": [], "recovery_error": []}
     it = 0
     while True:
@@ -74,26 +104,66 @@ def _factored(M_obs, mask, M_true, rank, cap_s, target, scaled, max_iter=20000, 
                 break
         pred = np.einsum("ij,ij->i", L[rows], R[cols])
         pattern.data = (pred - values) / p
-        GR, GtL = pattern @ R, pattern.T @ L
-        if scaled:
-            k = L.shape[1]
-            L_new = L - eta * np.linalg.solve(R.T @ R + damping * np.eye(k), GR.T).T
-            R = R - eta * np.linalg.solve(L.T @ L + damping * np.eye(k), GtL.T).T
-            L = L_new
-        else:
+        GR, GtL = pattern @ R, pattern.T @ L  # gradients in L and R
+        if rule == "bm":
             B = L.T @ L - R.T @ R
             L, R = L - eta * (GR + 0.5 * L @ B), R - eta * (GtL - 0.5 * R @ B)
+        else:  # (R^T R + lam I) is symmetric: solve(A, G^T)^T = G A^-1
+            L_new = L - eta * np.linalg.solve(R.T @ R + lam * eye, GR.T).T
+            R = R - eta * np.linalg.solve(L.T @ L + lam * eye, GtL.T).T
+            L = L_new
         it += 1
     return dict(available=True, error=history["recovery_error"][-1], time=history["time"][-1],
                 iterations=it, history=history)
 
 
-def run_bm_gd(M_obs, mask, M_true, rank, cap_s=30.0, target=1e-6):
-    return _factored(M_obs, mask, M_true, rank, cap_s, target, scaled=False)
+def run_bm_gd(M_obs, mask, M_true, rank, cap_s=30.0, target=1e-6, max_iter=20000):
+    return _factored(M_obs, mask, M_true, rank, cap_s, target, "bm", max_iter=max_iter)
 
 
-def run_scaled_gd(M_obs, mask, M_true, rank, cap_s=30.0, target=1e-6):
-    return _factored(M_obs, mask, M_true, rank, cap_s, target, scaled=True)
+def run_scaled_gd(M_obs, mask, M_true, rank, cap_s=30.0, target=1e-6, max_iter=20000):
+    return _factored(M_obs, mask, M_true, rank, cap_s, target, "scaled", max_iter=max_iter)
+
+
+def run_scaled_gd_lambda(M_obs, mask, M_true, rank, cap_s=30.0, target=1e-6, max_iter=20000, *,
+                         step=None, damping=None, init_scale=None, seed=0):
+    """ScaledGD(lambda) (Xu, Shen, Chi, Ma, ICML 2023), for a rank budget ``rank`` >= the true rank.
+
+    Small random start ``L0 = alpha sqrt(s1) G / sqrt(m)``, ``R0 = alpha
+    sqrt(s1) H / sqrt(n)`` (G, H standard Gaussian), then
+    ``L <- L - eta grad_L (R^T R + lam I)^-1``, ``R <- R - eta grad_R (L^T L
+    + lam I)^-1`` (both from the same iterate) with fixed damping ``lam =
+    c_lam * s1``, where ``s1`` is the top singular value of the spectral
+    estimate ``P_Omega(M) / p`` (``svds(., 1)``).  Defaults (module
+    constants): ``eta = SGDL_STEP``, ``c_lam = SGDL_DAMPING``, ``alpha =
+    SGDL_INIT_SCALE``; ``step``, ``damping`` (``c_lam``) and ``init_scale``
+    override them.
+
+    The paper's analysis (matrix sensing under RIP) takes ``lam`` of the
+    order of the smallest nonzero singular value of the target, a constant
+    step and an initial scale polynomially small in ``1 / (kappa n)``.  With
+    the rank unknown that value is unknown too, so ``lam`` is tied to the
+    spectral estimate's top value, and the constants were set by a sweep on
+    the conditioning benchmark's problems (recovery error 1e-6 as target):
+
+    - ``c_lam = 0.1``: while the surplus columns of an overestimated rank
+      are tiny, their steps are scaled by ``1 / lam``, and sampling makes the
+      residual they see ``P_Omega(E) / p - E``, about 0.3-0.4 ``||E||`` at 25%
+      observed.  With ``c_lam = 0.01`` or ``0.03`` they grew and the fit stalled
+      at 1e-2 to 1e-3 with budget 2r or 4r even at kappa 1 (0.01 was fine at
+      the exact rank); 0.1 reached 1e-6 in 60-70 iterations at every budget.
+      The price: a direction with ``sigma_i < lam`` converges at the rate
+      ``eta sigma_i / lam`` per iteration, so beyond kappa ~ 1 / c_lam the
+      iteration count grows about like kappa (about 600 iterations at kappa 100).
+    - ``alpha = 1e-15``: with 1e-3 or 1e-8 the first, almost-power-method
+      phase also grew the surplus columns along the noise directions of
+      ``P_Omega(M) / p`` and the fit stalled (2e-6 to 1e-3 at budget 2r);
+      1e-12 and 1e-15 did not (kappa 1, budget 2r).  A smaller alpha costs only about
+      ``log(1 / alpha^2) / log(1 + eta / c_lam)`` (about 40) iterations.
+    - ``eta = 0.5``, as for ScaledGD from the spectral start.
+    """
+    return _factored(M_obs, mask, M_true, rank, cap_s, target, "scaled_lambda", max_iter=max_iter,
+                     step=step, damping=damping, init_scale=init_scale, seed=seed)
 
 
 # -- fancyimpute ------------------------------------------------------------------
@@ -183,6 +253,7 @@ def run_iterative_imputer(M_obs, mask, M_true, rank=None, cap_s=30.0, target=Non
 PEERS = {
     "BM-GD (spectral init; implemented in benchmarks)": run_bm_gd,
     "ScaledGD (Tong-Ma-Chi; implemented in benchmarks)": run_scaled_gd,
+    "ScaledGD(lambda) (Xu-Shen-Chi-Ma, small random init; implemented in benchmarks)": run_scaled_gd_lambda,
     "fancyimpute SoftImpute": run_softimpute,
     "fancyimpute IterativeSVD": run_iterative_svd,
     "cmfrec CMF (ALS)": run_cmfrec,

@@ -6,7 +6,8 @@ there and exposes its iterations.
 Peers: fancyimpute SoftImpute and IterativeSVD, cmfrec CMF (ALS),
 scikit-learn IterativeImputer (smallest problem only), and, implemented in
 benchmarks/_peers.py, Burer-Monteiro gradient descent with spectral
-initialization and ScaledGD (Tong, Ma, Chi 2021).  fancyimpute 0.7.0 needs
+initialization, ScaledGD (Tong, Ma, Chi 2021) and ScaledGD(lambda) from a
+small random start (Xu, Shen, Chi, Ma 2023).  fancyimpute 0.7.0 needs
 scikit-learn < 1.6: this script re-runs itself under the peers venv
 (benchmarks/_common.py --setup-peers-venv) when it exists, and records the
 peers it could not run.
@@ -101,8 +102,8 @@ def main(argv=None):
         "Same problems, same process, one thread; true rank 5 (100x100 at 30% observed, "
         "500x500 at 20%), rank budget r, 2r, 4r. dmc: compressed, depth 3, default settings. "
         f"Each fit stops at recovery error <= {target:g}, at its own convergence rule, or after "
-        f"{cap_s:g} s. Time-to columns need per-iteration access (dmc, BM-GD, ScaledGD, fancyimpute "
-        "via a recording subclass); '-' = not reached or not observable. Versions: "
+        f"{cap_s:g} s. Time-to columns need per-iteration access (dmc, BM-GD, ScaledGD, ScaledGD(lambda), "
+        "fancyimpute via a recording subclass); '-' = not reached or not observable. Versions: "
         + ", ".join(f"{k} {v}" for k, v in payload["peer_versions"].items()) + ".",
         "",
         C.markdown_table(["problem", "rank", "method", "final error", "time (s)"]

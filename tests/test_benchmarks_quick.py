@@ -19,7 +19,8 @@ pytest.importorskip("matplotlib")
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "benchmarks"
-SCRIPTS = ["core", "gpu", "original_vs_compressed", "rank_overestimation", "depth_benefit", "low_sample", "peers", "scaling"]
+SCRIPTS = ["core", "gpu", "original_vs_compressed", "rank_overestimation", "depth_benefit", "low_sample", "peers", "scaling",
+           "conditioning"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

@@ -1,0 +1,209 @@
+"""Conditioning: steps and wall time to recovery error 1e-6 against the
+condition number kappa of the target, at rank budgets r, 2r and 4r, for dmc
+(each step rule) and the factored-gradient peers.
+
+Full mode: 600 x 500, true rank 4, 25% observed, singular values geometric
+from s_1 (about sqrt(m) + sqrt(n)) down to s_1 / kappa
+(``make_low_rank(..., condition_number=kappa)``), kappa in {1, 10, 100,
+1000}, rank budgets 4, 8, 16, one seed.  Methods: dmc (compressed, depth 3,
+default settings) with each step rule in ``DMC_STEP_RULES`` that this dmc
+knows; spectral-start Burer-Monteiro gradient descent and ScaledGD
+(Tong-Ma-Chi), and ScaledGD(lambda) (Xu-Shen-Chi-Ma) from a small random
+start, all three from benchmarks/_peers.py.  Every fit stops at recovery
+error <= 1e-6 or at its step or wall-time cap; then the error it reached is
+recorded.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+NAME = "conditioning"
+TARGET = 1e-6
+
+# The dmc step rules to run (DeepMatrixCompleter(step_rule=...)); edit here.
+# A dmc without the step_rule parameter runs its only behaviour, as "constant".
+DMC_STEP_RULES = ("constant", "adaptive", "preconditioned")
+
+
+def dmc_step_rules():
+    """``{label: step_rule argument}``: ``None`` = do not pass ``step_rule``."""
+    from dmc import DeepMatrixCompleter
+
+    if "step_rule" not in DeepMatrixCompleter().get_params():
+        return {"constant": None}
+    return {rule: rule for rule in DMC_STEP_RULES}
+
+
+def run_dmc(M, mask, rank, step_rule, *, max_iter, cap_s, record_every):
+    from dmc import DeepMatrixCompleter
+
+    params = dict(rank=rank, max_iter=max_iter, tol=0.0, record_every=record_every, random_state=0,
+                  callbacks=lambda r: r["recovery_error"] <= TARGET or r["time"] > cap_s)
+    if step_rule is not None:
+        params["step_rule"] = step_rule
+    try:
+        model = DeepMatrixCompleter(**params)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.fit(np.where(mask, M, 0.0), mask, ground_truth=M)
+    except (ValueError, TypeError) as exc:  # a step rule this dmc does not know
+        return dict(available=False, reason=f"{type(exc).__name__}: {exc}")
+    h = C.history_dict(model.history_)
+    return dict(available=True, error=float(h["recovery_error"][-1]), time=float(h["time"][-1]),
+                iterations=int(model.n_iter_), history=h)
+
+
+def _thin(history, points=120):
+    """At most about ``points`` records of a history (first and last kept)."""
+    if not history:
+        return history
+    n = len(history["iteration"])
+    keep = np.unique(np.r_[np.linspace(0, n - 1, min(n, points)).round().astype(int), n - 1])
+    return {k: [v[i] for i in keep] for k, v in history.items()}
+
+
+def cell(entry):
+    """README table cell: 'steps / seconds', or 'not in N (error)'."""
+    if not entry.get("available"):
+        return "n/a"
+    if entry["steps"] is not None:
+        return f"{entry['steps']:,} / {entry['seconds']:.2f} s"
+    err = entry["error"]
+    err_text = "diverged" if err is None or not np.isfinite(err) or err > 1e3 else f"{err:.1e}"
+    return f"not in {entry['iterations']:,} ({err_text})"
+
+
+def figure(results, kappas, budgets, caps):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.0 * len(budgets), 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(budgets), sharey=True, squeeze=False)[0]
+    labels = list(dict.fromkeys(e["method"] for e in results))
+    colors = {label: f"C{i}" for i, label in enumerate(labels)}
+    for ax, budget in zip(axes, budgets):
+        for label in labels:
+            runs = {e["kappa"]: e for e in results
+                    if e["method"] == label and e["rank"] == budget and e.get("available")}
+            if not runs:
+                continue
+            xs = [k for k in kappas if k in runs]
+            ys = [runs[k]["steps"] if runs[k]["steps"] is not None else runs[k]["iterations"] for k in xs]
+            ax.plot(xs, ys, color=colors[label], lw=1, alpha=0.6,
+                    label=label if budget == budgets[0] else None)
+            hit = [(k, y) for k, y in zip(xs, ys) if runs[k]["steps"] is not None]
+            miss = [(k, y) for k, y in zip(xs, ys) if runs[k]["steps"] is None]
+            if hit:
+                ax.plot(*zip(*hit), "o", color=colors[label])
+            if miss:
+                ax.plot(*zip(*miss), "x", color=colors[label], ms=8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("condition number kappa")
+        ax.set_title(f"rank budget {budget}")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel(f"steps to error {TARGET:g} (x: not reached, steps run)")
+    fig.legend(loc="outside lower center", ncol=min(3, len(labels)), fontsize=8)
+    fig.suptitle(f"caps: dmc {caps['dmc_max_iter']:,} steps, peers {caps['peer_max_iter']:,}, "
+                 f"{caps['wall_cap_s']:g} s per fit", fontsize=9)
+    return fig
+
+
+def main(argv=None):
+    import _peers as P
+
+    args, out = C.parse_args(NAME, __doc__.splitlines()[0], argv)
+    if args.quick:
+        shape, r, frac, kappas, multipliers = (60, 50), 2, 0.5, [1, 100], [1, 2]
+        caps = dict(dmc_max_iter=600, peer_max_iter=300, wall_cap_s=1.5)
+    else:
+        shape, r, frac, kappas, multipliers = (600, 500), 4, 0.25, [1, 10, 100, 1000], [1, 2, 4]
+        caps = dict(dmc_max_iter=5000, peer_max_iter=3000, wall_cap_s=20.0)
+    record_every = 10
+    budgets = [r * m for m in multipliers]
+    from dmc.datasets import make_low_rank
+
+    C.warm_up_numba()
+    rules = dmc_step_rules()
+    methods = {f"dmc {label}": ("dmc", rule) for label, rule in rules.items()}
+    methods.update({"BM-GD (spectral)": ("peer", P.run_bm_gd),
+                    "ScaledGD (spectral)": ("peer", P.run_scaled_gd),
+                    "ScaledGD(lambda) (small random init)": ("peer", P.run_scaled_gd_lambda)})
+    results = []
+    for kappa in kappas:
+        M, mask = make_low_rank(shape, r, frac, condition_number=kappa, random_state=0)
+        for budget in budgets:
+            for label, (kind, how) in methods.items():
+                if kind == "dmc":
+                    res = run_dmc(M, mask, budget, how, max_iter=caps["dmc_max_iter"], cap_s=caps["wall_cap_s"],
+                                  record_every=record_every)
+                else:
+                    res = how(M, mask, M, budget, cap_s=caps["wall_cap_s"], target=TARGET,
+                              max_iter=caps["peer_max_iter"])
+                entry = dict(method=label, kind=kind, kappa=kappa, rank=budget, rank_multiplier=budget // r,
+                             **{k: v for k, v in res.items() if k != "history"})
+                if res.get("available"):
+                    steps, seconds = C.first_time_below(res["history"], TARGET)
+                    entry.update(steps=steps, seconds=seconds, history=_thin(res["history"]))
+                results.append(entry)
+                print(f"kappa {kappa:g} budget {budget} {label}: {cell(entry)} "
+                      f"(final {C.fmt(entry.get('error'))}, {C.fmt(entry.get('time'), '.2f')} s)", flush=True)
+
+    payload = dict(benchmark=NAME, quick=args.quick, machine=C.machine_info(),
+                   problem=dict(shape=list(shape), true_rank=r, observed_fraction=frac, kappas=kappas,
+                                rank_budgets=budgets, seed=0, target=TARGET,
+                                spectrum="geometric from s_1 to s_1 / kappa (make_low_rank condition_number)"),
+                   caps=dict(**caps, record_every=record_every),
+                   dmc=dict(step_rules={label: rule for label, rule in rules.items()},
+                            settings="compressed, depth 3, default settings otherwise (normalize=True, "
+                                     "lr='auto', init_scale=1e-3)"),
+                   scaled_gd_lambda=dict(step=P.SGDL_STEP, damping_over_sigma1=P.SGDL_DAMPING,
+                                         init_scale=P.SGDL_INIT_SCALE),
+                   results=results)
+    C.write_json(out.json, payload)
+    C.save_figure(figure(results, kappas, budgets, caps), out.figure("steps"))
+
+    rows = []
+    for label in methods:
+        for budget in budgets:
+            by_kappa = {e["kappa"]: e for e in results if e["method"] == label and e["rank"] == budget}
+            rows.append([label, f"{budget} ({budget // r}r)"] + [cell(by_kappa[k]) for k in kappas])
+    skipped = sorted({f"{e['method']}: {e['reason']}" for e in results if not e.get("available")})
+    C.write_section(NAME, [
+        f"## Conditioning (`{NAME}.py`)",
+        "",
+        f"{shape[0]} x {shape[1]}, true rank {r}, {100 * frac:g}% observed, singular values geometric "
+        f"from s_1 (about sqrt(m) + sqrt(n)) down to s_1 / kappa, seed 0. Each cell: steps / seconds to "
+        f"recovery error <= {TARGET:g} (first record at or below it; records every {record_every} steps), "
+        f"or 'not in N (error)': the target was not met in the N steps run before the cap "
+        f"(dmc {caps['dmc_max_iter']:,} steps, peers {caps['peer_max_iter']:,}, all {caps['wall_cap_s']:g} s "
+        "wall per fit), with the error reached. dmc: compressed, depth 3, default settings, "
+        "`step_rule` as named. Peers (benchmarks/_peers.py, same loss 1/(2p) ||P_Omega(L R^T - M)||^2): "
+        "BM-GD and ScaledGD from the spectral start (rank-`budget` truncated SVD of P_Omega(M)/p); "
+        f"ScaledGD(lambda) from L0, R0 = {P.SGDL_INIT_SCALE:g} sqrt(s_1) x Gaussian / sqrt(m or n), "
+        f"step {P.SGDL_STEP:g}, damping lambda = {P.SGDL_DAMPING:g} s_1, s_1 the top singular value "
+        "of P_Omega(M)/p. dmc step rules run: "
+        + ", ".join(f"`{label}`" for label in rules)
+        + (" (this dmc has no `step_rule` parameter: `constant` is its only behaviour)."
+           if list(rules.values()) == [None] else "."),
+        "",
+        C.markdown_table(["method", "rank budget"] + [f"kappa {k:g}" for k in kappas], rows),
+        "",
+        ("Not run: " + "; ".join(skipped) + "." if skipped else ""),
+        "",
+        f"![steps against kappa]({out.rel(out.figure('steps'))})",
+    ], payload, out)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
