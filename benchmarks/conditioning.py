@@ -99,12 +99,14 @@ def figure(results, kappas, budgets, caps):
                     if e["method"] == label and e["rank"] == budget and e.get("available")}
             if not runs:
                 continue
-            xs = [k for k in kappas if k in runs]
-            ys = [runs[k]["steps"] if runs[k]["steps"] is not None else runs[k]["iterations"] for k in xs]
-            ax.plot(xs, ys, color=colors[label], lw=1, alpha=0.6,
+            ks = [k for k in kappas if k in runs]
+            ys = [runs[k]["steps"] if runs[k]["steps"] is not None else runs[k]["iterations"] for k in ks]
+            shift = 1.07 ** (labels.index(label) - (len(labels) - 1) / 2)  # keep equal points apart
+            xs = [k * shift for k in ks]
+            ax.plot(xs, ys, color=colors[label], lw=1, alpha=0.7, ls="-" if label.startswith("dmc") else "--",
                     label=label if budget == budgets[0] else None)
-            hit = [(k, y) for k, y in zip(xs, ys) if runs[k]["steps"] is not None]
-            miss = [(k, y) for k, y in zip(xs, ys) if runs[k]["steps"] is None]
+            hit = [(x, y) for k, x, y in zip(ks, xs, ys) if runs[k]["steps"] is not None]
+            miss = [(x, y) for k, x, y in zip(ks, xs, ys) if runs[k]["steps"] is None]
             if hit:
                 ax.plot(*zip(*hit), "o", color=colors[label])
             if miss:
@@ -114,7 +116,7 @@ def figure(results, kappas, budgets, caps):
         ax.set_xlabel("condition number kappa")
         ax.set_title(f"rank budget {budget}")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel(f"steps to error {TARGET:g} (x: not reached, steps run)")
+    axes[0].set_ylabel(f"steps to error {TARGET:g}\n(x: not reached; steps run)")
     fig.legend(loc="outside lower center", ncol=min(3, len(labels)), fontsize=8)
     fig.suptitle(f"caps: dmc {caps['dmc_max_iter']:,} steps, peers {caps['peer_max_iter']:,}, "
                  f"{caps['wall_cap_s']:g} s per fit", fontsize=9)
