@@ -136,11 +136,20 @@ def test_ratings_fit_interrupted_keeps_best_state_and_skips_refit():
     rng = np.random.default_rng(0)
     users, items = np.divmod(rng.choice(40 * 30, 500, replace=False), 30)
     ratings = rng.integers(1, 6, users.size).astype(float)
+    # interrupted at step 200, after the validation RMSE turned up (best at step 140)
     with pytest.warns(FitInterruptedWarning):
-        model = RatingsCompleter(rank=4, max_iter=500, callbacks=_interrupt_at(40),
+        model = RatingsCompleter(rank=4, max_iter=500, callbacks=_interrupt_at(200),
                                  random_state=0).fit(users, items, ratings)
-    assert model.stop_reason_ == "interrupted" and model.n_iter_ == 41
-    assert np.all(np.isfinite(model.predict(users, items)))
+    assert model.stop_reason_ == "interrupted" and model.n_iter_ == 201
+    val = model.history_["validation_rmse"]
+    assert model.best_iter_ < 200 and val[-1] > val.min()
+    # the state kept is the best one of the first run, not refitted: the same as an
+    # uninterrupted run without refit that stops at the best step
+    reference = _quiet_fit(RatingsCompleter(rank=4, max_iter=model.best_iter_, n_iter_no_change=10**6,
+                                            refit=False, random_state=0), users, items, ratings)
+    np.testing.assert_allclose(model.predict(users, items), reference.predict(users, items),
+                               rtol=0, atol=1e-10)
+    np.testing.assert_allclose(model.row_factors_, reference.row_factors_, rtol=0, atol=1e-10)
 
 
 def test_real_ctrl_c_in_a_subprocess():
