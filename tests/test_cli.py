@@ -410,3 +410,73 @@ def test_model_defaults_match_the_estimator():
 
     signature = inspect.signature(DeepMatrixCompleter.__init__).parameters
     assert _MODEL_DEFAULTS == {name: signature[name].default for name in _MODEL_DEFAULTS}
+
+
+# -- model options reach the model: one tiny in-process fit per option --------------------------
+def _has_torch():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _history_steps(model):
+    return model.history_["iteration"].tolist()
+
+
+# option arguments -> check on the fitted DeepMatrixCompleter; every fit also gets
+# --rank 2 --max-iter 20 --init-scale 0.1 unless the case sets them
+MODEL_OPTION_CASES = {
+    "rank": (["--rank", "3"], lambda m: m.rank == 3 and m.left_factor_.shape == (40, 6)),
+    "depth": (["--depth", "4"], lambda m: m.depth == 4 and len(m.inner_factors_) == 4),
+    "method": (["--method", "original"], lambda m: m.method == "original" and m.left_factor_.shape == (40, 40)),
+    "max-iter": (["--max-iter", "7"], lambda m: m.max_iter == 7 and m.n_iter_ == 7),
+    "tol": (["--tol", "0.9", "--max-iter", "2000"],
+            lambda m: m.tol == 0.9 and m.stop_reason_ == "tol" and m.n_iter_ < 2000),
+    "init-scale": (["--init-scale", "0.05"], lambda m: m.init_scale == 0.05),
+    "lr": (["--lr", "0.0123"], lambda m: m.lr == 0.0123 and m.lr_ == 0.0123),
+    "gamma": (["--gamma", "0.25"], lambda m: m.gamma == 0.25),
+    "no-normalize": (["--no-normalize"], lambda m: m.normalize is False and m.scale_ == 1.0),
+    "record-every": (["--record-every", "3"], lambda m: m.record_every == 3
+                     and _history_steps(m) == [0, 3, 6, 9, 12, 15, 18, 20]),
+    "seed": (["--seed", "5"], lambda m: m.random_state == 5),
+    "backend": (["--backend", "numpy"], lambda m: m.backend == "numpy" and m.backend_.name == "numpy"),
+    "device": (["--device", "cpu", "--backend", "torch"],
+               lambda m: m.device == "cpu" and str(m.left_factor_.device) == "cpu"),
+    "dtype": (["--dtype", "float32"], lambda m: m.dtype == "float32" and m.transform().dtype == np.float32),
+    "verbose": (["-vv"], lambda m: m.verbose == 2),
+}
+
+
+@pytest.mark.filterwarnings("ignore::dmc.ConvergenceWarning")  # 20 steps stop at --max-iter on purpose
+@pytest.mark.parametrize("option", sorted(MODEL_OPTION_CASES))
+def test_model_option_reaches_the_model(option, tmp_path, problem, monkeypatch, capsys):
+    """``dmc complete`` passes each model option on: a fit in-process with the estimator
+    class replaced by a subclass that keeps the fitted instance."""
+    import dmc.estimator
+    from dmc import cli
+
+    args, check = MODEL_OPTION_CASES[option]
+    if "torch" in args and not _has_torch():
+        pytest.skip("torch not installed")
+    fitted = []
+
+    class Keeping(dmc.estimator.DeepMatrixCompleter):
+        def fit(self, *a, **kw):
+            fitted.append(self)
+            return super().fit(*a, **kw)
+
+    monkeypatch.setattr(dmc.estimator, "DeepMatrixCompleter", Keeping)
+    M, mask = problem
+    np.save(tmp_path / "in.npy", np.where(mask, M, np.nan))
+    defaults = {"--rank": "2", "--max-iter": "20", "--init-scale": "0.1"}
+    extra = [a for flag, value in defaults.items() if flag not in args for a in (flag, value)]
+    status = cli.main(["complete", str(tmp_path / "in.npy"), "-o", str(tmp_path / "X.npy"),
+                       *extra, *args])
+    capsys.readouterr()
+    assert status == 0 and len(fitted) == 1
+    model = fitted[0]
+    assert check(model), {k: v for k, v in model.get_params().items() if k != "callbacks"}
+    # what was written is the fitted model's completion
+    np.testing.assert_array_equal(np.load(tmp_path / "X.npy"), model.transform(as_numpy=True))
