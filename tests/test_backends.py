@@ -189,7 +189,7 @@ def test_numpy_and_numba_tests_do_not_need_torch():
         class NoTorch:
             def find_spec(self, name, path=None, target=None):
                 if name == "torch" or name.startswith("torch."):
-                    raise ImportError("torch is hidden for this test")
+                    raise ModuleNotFoundError(f"No module named {name!r} (hidden for this test)")
         sys.meta_path.insert(0, NoTorch())
         import pytest
         sys.exit(pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", sys.argv[1]]))
