@@ -5,14 +5,29 @@ loss, ``R @ B`` and ``R.T @ A``.  Each entry touches one row of ``A`` and
 one of ``B`` and nothing of size |Omega| x k is ever written, which is what
 makes this about three times faster than the NumPy/SciPy composition (four
 memory-bound passes over |Omega| x k arrays).
+
+The kernels are compiled once per machine and dtype and cached on disk
+(``cache=True``), for every width k.  Importing this module sets
+``OMP_WAIT_POLICY=PASSIVE`` unless it is set already (see below).
 """
 
 from __future__ import annotations
 
-import functools
+import os
 
-import numba
-import numpy as np
+# Numba's OpenMP threads sleep between and at the end of parallel regions
+# instead of spinning, unless the user chose otherwise.  With spinning
+# (libgomp's default) a thread that waits for a preempted partner burns the
+# core that partner needs: on the shared 2-core reference machine under load
+# (load average 3-4) a 2-thread step at 1000 x 1000, 20% observed, k = 10
+# took 18-21 ms spinning against 5.4-7.3 ms passive (and 5.3-5.8 ms on one
+# thread).  A sleeping thread costs a futex wake-up per kernel call (tens of
+# microseconds).  It must be set before the OpenMP runtime starts, i.e.
+# before Numba's first threaded call; it applies to the whole process.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
 
 
 def _sample(indptr, cols, A, B, out):
@@ -60,65 +75,70 @@ def _fused_products(chunk_rows, indptr, cols, values, A, B, residual, row_out, c
     return 0.5 * losses.sum()
 
 
-# Serial versions for small patterns, where starting threads costs more than
-# the work (and threads that find no free core spin instead of working); the
-# threaded fused kernel is compiled per width below.
+def _tiled_fused_products(tile_chunk_ptr, segment_rows, segment_ptr, cols, values, A, B,
+                          row_out, col_parts, chunk_rows):
+    """``_fused_products`` over a column-tiled ordering of the pattern.
+
+    Entries are ordered by (column tile, row, column) and grouped into
+    segments (one row within one tile).  Each chunk of rows walks the tiles
+    in turn, so the rows of ``B`` and of its ``R.T @ A`` part that a tile
+    touches stay in cache.  Untiled threaded patterns use it with one tile,
+    whose segments are the rows.  The residual itself is not stored (the
+    step needs only the loss and the two products), which saves one write
+    pass over |Omega|.
+
+    On one thread at 100,000 x 100,000 with 5M entries and k = 20 the tiled
+    order took 405 ms per call against 1,487 ms for the row-major kernel,
+    and 41 against 73 ms at 10,000 x 10,000 with 2M entries and k = 10.
+    """
+    width = A.shape[1]
+    n_tiles, n_chunks = tile_chunk_ptr.shape[0], tile_chunk_ptr.shape[1] - 1
+    losses = np.zeros(n_chunks)
+    for t in numba.prange(n_chunks):
+        part = col_parts[t]
+        part[:, :] = 0.0
+        for i in range(chunk_rows[t], chunk_rows[t + 1]):
+            row_out[i, :] = 0.0
+        loss = 0.0
+        row_sum = np.empty(width)
+        for tile in range(n_tiles):
+            for segment in range(tile_chunk_ptr[tile, t], tile_chunk_ptr[tile, t + 1]):
+                i = segment_rows[segment]
+                a = A[i]
+                row_sum[:] = 0.0
+                for e in range(segment_ptr[segment], segment_ptr[segment + 1]):
+                    j = cols[e]
+                    b = B[j]
+                    s = 0.0
+                    for c in range(width):
+                        s += a[c] * b[c]
+                    r = s - values[e]
+                    loss += r * r
+                    p = part[j]
+                    for c in range(width):
+                        row_sum[c] += r * b[c]
+                        p[c] += r * a[c]
+                for c in range(width):
+                    row_out[i, c] += row_sum[c]
+        losses[t] = loss
+    return 0.5 * losses.sum()
+
+
+# Every kernel is a module-level function compiled with cache=True: a new
+# process loads the machine code from __pycache__ instead of compiling it
+# (about 3 s of compilation for the threaded kernel, which each new process
+# paid when it was compiled per width in a closure).  The width k is a
+# run-time value, so one compiled kernel serves every width.  Compiling one
+# kernel per width (k a compile-time constant that LLVM unrolls) does not pay
+# on the 2-core reference machine: 1000 x 1000, 20% observed, one thread, CPU
+# time per call, interleaved runs: about the same at k = 10 (3.3-3.9 ms
+# either way), 1.6-1.8x slower at k = 20 (8.2-9.4 against 5.3 ms).
+# Serial versions serve small patterns, where starting threads costs more
+# than the work.
 sample = numba.njit(parallel=True, cache=True)(_sample)
 sample_serial = numba.njit(cache=True)(_sample)
 fused_products_serial = numba.njit(fastmath=True, cache=True)(_fused_products)
-
-
-@functools.lru_cache(maxsize=None)
-def tiled_fused_products(width, parallel):
-    """``fused_products`` over a column-tiled ordering of the pattern, compiled per width.
-
-    With k a compile-time constant LLVM unrolls and vectorizes the k-loops
-    (2.6 against 6.1 ms per call at 1000 x 1000, 20% observed, k = 10, two
-    threads, before tiling existed).  Untiled threaded patterns use it with
-    one tile, whose segments are the rows.  Compiled on first use of each
-    width (about a second), so only large patterns use it.
-
-    Entries are ordered by (column tile, row, column) and grouped into
-    segments (one row within one tile).  Each thread owns a contiguous range
-    of rows and walks the tiles in turn, so the rows of ``B`` and of its
-    ``R.T @ A`` part that a tile touches stay in cache.  On one thread at
-    100,000 x 100,000 with 5M entries and k = 20 this took 405 ms per call
-    against 1,487 ms for the row-major kernel, and 41 against 73 ms at
-    10,000 x 10,000 with 2M entries and k = 10.
-    """
-
-    def kernel(tile_chunk_ptr, segment_rows, segment_ptr, cols, values, A, B, residual,
-               row_out, col_parts, chunk_rows):
-        n_tiles, n_chunks = tile_chunk_ptr.shape[0], tile_chunk_ptr.shape[1] - 1
-        losses = np.zeros(n_chunks)
-        for t in numba.prange(n_chunks):
-            part = col_parts[t]
-            part[:, :] = 0.0
-            for i in range(chunk_rows[t], chunk_rows[t + 1]):
-                row_out[i, :] = 0.0
-            loss = 0.0
-            row_sum = np.empty(width)
-            for tile in range(n_tiles):
-                for segment in range(tile_chunk_ptr[tile, t], tile_chunk_ptr[tile, t + 1]):
-                    i = segment_rows[segment]
-                    a = A[i]
-                    row_sum[:] = 0.0
-                    for e in range(segment_ptr[segment], segment_ptr[segment + 1]):
-                        j = cols[e]
-                        b = B[j]
-                        s = 0.0
-                        for c in range(width):
-                            s += a[c] * b[c]
-                        r = s - values[e]
-                        residual[e] = r
-                        loss += r * r
-                        p = part[j]
-                        for c in range(width):
-                            row_sum[c] += r * b[c]
-                            p[c] += r * a[c]
-                    for c in range(width):
-                        row_out[i, c] += row_sum[c]
-            losses[t] = loss
-        return 0.5 * losses.sum()
-
-    return numba.njit(parallel=parallel, fastmath=True, boundscheck=False)(kernel)
+tiled_fused_products = numba.njit(parallel=True, fastmath=True, boundscheck=False,
+                                  cache=True)(_tiled_fused_products)
+tiled_fused_products_serial = numba.njit(fastmath=True, boundscheck=False,
+                                         cache=True)(_tiled_fused_products)

@@ -29,6 +29,8 @@ fused Numba kernels (:class:`NumbaPattern`) when Numba imports
 (:class:`TorchPattern`): ``torch.sparse.sampled_addmm`` and CSR matrix
 products, index tensors and the CSR structures built once on the device.
 CuPy (:class:`CupyPattern`): cupyx.scipy.sparse CSR.
+:func:`compute_threads` wraps a CPU fit loop: BLAS on one thread while the
+Numba kernel uses the cores.
 
 The loss stays a 0-d device array, so a step never synchronises with the
 host; the solver reads it only at recording steps.
@@ -42,9 +44,11 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 
+from ._threads import compute_threads
 from .observations import Observations
 
 __all__ = [
+    "compute_threads",
     "Backend",
     "resolve_backend",
     "dtype_name",
@@ -423,6 +427,7 @@ class NumbaPattern:
         chunk_rows[0], chunk_rows[-1] = 0, obs.shape[0]
         self.chunk_rows = np.maximum.accumulate(chunk_rows).astype(np.int64)
         self._buffers = {}
+        self._residual = None  # the serial row-major kernel's residual buffer
         self._obs = obs
         self._tiled = None  # decided at the first step, when the width k is known
 
@@ -470,14 +475,12 @@ class NumbaPattern:
         self._values_source = self._tiled_values = None
 
     def _step_buffers(self, width, dtype):
+        """``R @ B`` output and the per-chunk parts of ``R.T @ A``, kept between steps."""
         key = (width, np.dtype(dtype))
         if key not in self._buffers:
             m, n = self.shape
-            self._buffers[key] = (
-                np.empty(self.cols.shape[0], dtype),
-                np.empty((m, width), dtype),
-                np.empty((self.chunk_rows.shape[0] - 1, n, width), dtype),
-            )
+            self._buffers[key] = (np.empty((m, width), dtype),
+                                  np.empty((self.chunk_rows.shape[0] - 1, n, width), dtype))
         return self._buffers[key]
 
     def sample(self, A, B):
@@ -487,9 +490,10 @@ class NumbaPattern:
         return out
 
     def residual_products(self, A, B, values):
-        residual, row_out, col_parts = self._step_buffers(A.shape[1], np.result_type(A, B))
+        row_out, col_parts = self._step_buffers(A.shape[1], np.result_type(A, B))
         kernels = self._kernels
-        if self._use_tiles(A.shape[1], residual.dtype.itemsize) or self._threaded:
+        A, B = np.ascontiguousarray(A), np.ascontiguousarray(B)
+        if self._use_tiles(A.shape[1], row_out.dtype.itemsize) or self._threaded:
             if self._order is None:
                 tiled_values = values
             else:
@@ -497,14 +501,16 @@ class NumbaPattern:
                     self._tiled_values = np.ascontiguousarray(values[self._order])
                     self._values_source = values
                 tiled_values = self._tiled_values
-            loss = kernels.tiled_fused_products(A.shape[1], self._threaded)(
-                self._tile_chunk_ptr, self._segment_rows, self._segment_ptr, self._tiled_cols,
-                tiled_values, np.ascontiguousarray(A), np.ascontiguousarray(B), residual,
-                row_out, col_parts, self.chunk_rows)
+            kernel = (kernels.tiled_fused_products if self._threaded
+                      else kernels.tiled_fused_products_serial)
+            loss = kernel(self._tile_chunk_ptr, self._segment_rows, self._segment_ptr,
+                          self._tiled_cols, tiled_values, A, B, row_out, col_parts, self.chunk_rows)
         else:
+            if self._residual is None or self._residual.dtype != row_out.dtype:
+                self._residual = np.empty(self.cols.shape[0], row_out.dtype)
             loss = kernels.fused_products_serial(
-                self.chunk_rows, self.indptr, self.cols, values, np.ascontiguousarray(A),
-                np.ascontiguousarray(B), residual, row_out, col_parts)
+                self.chunk_rows, self.indptr, self.cols, values, A, B, self._residual, row_out,
+                col_parts)
         col_out = col_parts[0].copy() if col_parts.shape[0] == 1 else col_parts.sum(axis=0)
         return loss, row_out.copy(), col_out
 
