@@ -172,6 +172,9 @@ def main(argv=None):
         return f"{r['ms_per_step_median']:.2f}"
 
     rows = [[k, t, cell(k, t, "default"), cell(k, t, "1")] for k in widths for t in thread_counts]
+    speedups = ", ".join(
+        f"{float(cell(k, 1, '1')) / float(cell(k, max_threads, '1')):.2f}x at k = {k}"
+        for k in widths) if max_threads > 1 else ""
     C.write_section(NAME, [
         f"## Per-step cost and initialization (`{NAME}.py`)",
         "",
@@ -185,9 +188,14 @@ def main(argv=None):
         "",
         C.markdown_table(["k", "Numba threads", "ms / step, BLAS default", "ms / step, BLAS 1"], rows),
         "",
+        *([f"Two threads against one (BLAS 1): {speedups}. Threads only help when the "
+           "cores are free: on a machine loaded by other work (see the load average below) the "
+           "second thread waits for a core."] if speedups else []),
+        "",
         f"Fresh process ({max_threads} threads, median of {len(warm)} `python -c` runs after a "
         f"first one that may fill the kernel cache): `from dmc import DeepMatrixCompleter` "
-        f"{init_summary['import_s']:.2f} s, `fit(max_iter=1)` at rank 5 (k = 10: subspace SVD, "
+        f"{init_summary['import_s']:.2f} s (most of it scikit-learn's import, when installed), "
+        f"`fit(max_iter=1)` at rank 5 (k = 10: subspace SVD, "
         f"pattern, kernels loaded from Numba's on-disk cache, first steps) {init_summary['fit_s']:.2f} s, "
         f"first history record at {init_summary['first_record_s']:.2f} s. The first process "
         f"took {inits[0]['fit_s']:.2f} s for the fit.",
