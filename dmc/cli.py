@@ -29,7 +29,7 @@ from .io import (OUTPUT_SUFFIXES, _one_line, _suffix, read_matrix, read_pairs,
 __all__ = ["main"]
 
 _MODEL_DEFAULTS = dict(rank=10, depth=3, method="compressed", max_iter=20000, tol=1e-7,
-                       init_scale=1e-3, lr="auto", gamma=0.01)
+                       init_scale=1e-3, lr="auto", gamma=0.01, step_rule="auto")
 
 
 class CLIError(Exception):
@@ -125,6 +125,7 @@ def _check_interrupted(model):
 def _model_kwargs(args):
     kwargs = dict(rank=args.rank, depth=args.depth, method=args.method, max_iter=args.max_iter,
                   tol=args.tol, init_scale=args.init_scale, lr=args.lr, gamma=args.gamma,
+                  step_rule=args.step_rule,
                   random_state=args.seed, backend=args.backend, device=args.device,
                   dtype=args.dtype, normalize=not args.no_normalize)
     if args.record_every is not None:
@@ -154,6 +155,12 @@ def _add_model_arguments(parser, *, record_every_default=None):
                        help='step size, or "auto" (default) to derive it from the data')
     group.add_argument("--gamma", type=float, default=_MODEL_DEFAULTS["gamma"],
                        help="step-size ratio of the outer factors (default %(default)g)")
+    group.add_argument("--step-rule", default=_MODEL_DEFAULTS["step_rule"],
+                       choices=["auto", "adaptive", "preconditioned", "constant"],
+                       help="how gradients become steps: auto (= adaptive for compressed), "
+                            "adaptive (skips the initial plateau on the gradient-flow path), "
+                            "preconditioned (ill-conditioned matrices) or constant (the paper's "
+                            "plain gradient descent) (default %(default)s)")
     group.add_argument("--no-normalize", action="store_true",
                        help="fit M as given instead of rescaled to a reference spectral norm")
     group.add_argument("--record-every", type=_positive_int, default=record_every_default,

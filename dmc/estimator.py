@@ -6,9 +6,9 @@ import time
 
 import numpy as np
 
-from . import models, subspace
+from . import models, steps, subspace
 from ._base import BaseCompleter, check_callbacks, check_verbose, is_int, is_real, solver_callbacks
-from .backend import (dtype_name, make_pattern, observed_triplets, resolve_backend, to_namespace,
+from .backend import (compute_threads, dtype_name, make_pattern, observed_triplets, resolve_backend, to_namespace,
                       to_numpy)
 from .datasets import _rng
 from .metrics import recovery_error, rmse
@@ -26,6 +26,8 @@ _DTYPES = ("float32", "float64")
 # 10, 30%) and 6,300 on 1000 x 1000 (rank 5, 20%), against 20,500 and 6,900
 # at scale 1 and 13,000 on the first at scale 63.
 _REFERENCE_SCALE = 10.0
+# what step_rule="auto" means for the compressed model (benchmarks/conditioning.py)
+_DEFAULT_STEP_RULE = "adaptive"
 
 
 def _rescaled(factors, scale):
@@ -171,7 +173,7 @@ class DeepMatrixCompleter(BaseCompleter):
     _backend_state = ("left_factor_", "inner_factors_", "right_factor_")
 
     def __init__(self, rank=10, *, depth=3, method="compressed", init_scale=1e-3,
-                 lr="auto", gamma=0.01, width=None, normalize=True, max_iter=20000,
+                 lr="auto", gamma=0.01, step_rule="auto", width=None, normalize=True, max_iter=20000,
                  tol=1e-7, record_every=10, callbacks=None, verbose=0,
                  backend="auto", device=None, dtype=None, random_state=None):
         self.rank = rank
@@ -180,6 +182,7 @@ class DeepMatrixCompleter(BaseCompleter):
         self.init_scale = init_scale
         self.lr = lr
         self.gamma = gamma
+        self.step_rule = step_rule
         self.width = width
         self.normalize = normalize
         self.max_iter = max_iter
@@ -215,6 +218,12 @@ class DeepMatrixCompleter(BaseCompleter):
             raise ValueError(f'lr must be "auto" or a positive number; got {self.lr!r}.')
         if not is_real(self.gamma) or not self.gamma >= 0 or not np.isfinite(self.gamma):
             raise ValueError(f"gamma must be a number >= 0; got {self.gamma!r}.")
+        if self.step_rule != "auto":
+            rule = steps.make_step_rule(self.step_rule)
+            if self.method != "compressed" and not isinstance(rule, steps.ConstantStep):
+                raise ValueError(
+                    f'step_rule={self.step_rule!r} applies to method="compressed" only; the '
+                    f'{self.method} model trains with step_rule="constant" (or "auto").')
         if not isinstance(self.normalize, (bool, np.bool_)):
             raise TypeError(f"normalize must be True or False; got {self.normalize!r}.")
         if self.width is not None and (not is_int(self.width) or self.width < 1):
@@ -294,8 +303,11 @@ class DeepMatrixCompleter(BaseCompleter):
              for a in factors.arrays()])
         lr = (models.spectral_step_size(singular_values[0] / scale, p, self.depth)
               if self.lr == "auto" else float(self.lr))
-        outer = self.gamma * lr if self.method == "compressed" else lr
-        step_sizes = [outer] + [lr] * len(factors.inner) + [outer]
+        rule = self._step_rule()
+        context = steps.StepContext(
+            lr=lr, outer_ratio=self.gamma if self.method == "compressed" else 1.0,
+            target_scale=float(singular_values[0] / scale / p), observed_fraction=p,
+            xp=backend.xp)
 
         if self.method == "original":
             observed_mask = to_namespace(obs.mask().astype(float_name), backend)
@@ -320,12 +332,14 @@ class DeepMatrixCompleter(BaseCompleter):
 
             metrics["recovery_error"] = lambda f: recovery_error(models.end_to_end(f), truth)
 
-        result = gradient_descent(
-            factors, loss_and_gradients, step_sizes, max_iter=self.max_iter, tol=self.tol,
-            observed_norm=float(np.linalg.norm(obs.values)), record_every=self.record_every,
-            metrics=metrics, callbacks=solver_callbacks(self.callbacks), loss_unit=scale**2,
-            start_time=start, verbose=int(self.verbose),
-        )
+        with compute_threads(backend):
+            result = gradient_descent(
+                factors, loss_and_gradients, rule, context=context, max_iter=self.max_iter,
+                tol=self.tol, observed_norm=float(np.linalg.norm(obs.values)),
+                record_every=self.record_every, metrics=metrics,
+                callbacks=solver_callbacks(self.callbacks), loss_unit=scale**2,
+                start_time=start, verbose=int(self.verbose),
+            )
         self.shape_ = obs.shape
         self.backend_ = backend
         self.scale_ = scale
@@ -340,6 +354,13 @@ class DeepMatrixCompleter(BaseCompleter):
         self.converged_ = result.converged
         self.stop_reason_ = result.stop_reason
         return self
+
+    def _step_rule(self):
+        """The step rule object of this fit (``"auto"`` resolved)."""
+        if self.step_rule != "auto":
+            return steps.make_step_rule(self.step_rule)
+        return steps.make_step_rule(_DEFAULT_STEP_RULE if self.method == "compressed"
+                                    else "constant")
 
     # -- using the fit -------------------------------------------------------
     def _check_fitted(self):

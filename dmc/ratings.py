@@ -41,7 +41,7 @@ import numpy as np
 
 from . import models, subspace
 from ._base import BaseCompleter, check_callbacks, check_verbose, is_int, is_real, solver_callbacks
-from .backend import make_pattern
+from .backend import compute_threads, make_pattern
 from .datasets import _rng
 from .metrics import rmse
 from .observations import Observations
@@ -523,7 +523,7 @@ class RatingsCompleter(BaseCompleter):
             callbacks.insert(0, early_stopping)
         outer = self.gamma * lr
         step_sizes = [outer] + [lr] * L + [outer, 1.0, 1.0]
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), compute_threads("numpy"):
             warnings.simplefilter("ignore", ConvergenceWarning)  # its tol message does not apply
             result = gradient_descent(
                 state, loss_and_gradients, step_sizes, max_iter=max_iter, tol=0.0,

@@ -50,6 +50,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .steps import ConstantStep
+
 __all__ = ["ConvergenceWarning", "DivergenceError", "FitInterruptedWarning", "SolverResult",
            "gradient_descent"]
 
@@ -75,8 +77,9 @@ class SolverResult:
     factors : object
         The trained factors (the object passed in, updated in place).
     history : dict of 1-D ndarrays
-        One entry per record: ``iteration``, ``time``, ``train_loss`` and
-        one per metric.
+        One entry per record: ``iteration``, ``time``, ``train_loss``,
+        ``step_size`` (the inner factors' step taken from that record on)
+        and one per metric.
     n_iter : int
         Gradient steps taken.
     stop_reason : {"tol", "callback", "max_iter", "interrupted"}
@@ -194,8 +197,9 @@ def _progress(verbose, max_iter):
 def gradient_descent(
     factors,
     loss_and_gradients,
-    step_sizes,
+    step_rule,
     *,
+    context=None,
     max_iter,
     tol,
     observed_norm,
@@ -215,8 +219,12 @@ def gradient_descent(
         train in the order of ``step_sizes``.
     loss_and_gradients : callable
         ``factors -> (loss, gradients)``, ``gradients`` with ``arrays()``.
-    step_sizes : sequence of float
-        One step size per factor, in the order of ``factors.arrays()``.
+    step_rule : step rule or sequence of float
+        How gradients become updates (:mod:`dmc.steps`): an object with
+        ``init``, ``update`` and ``step_size``, or one constant step size per
+        factor in the order of ``factors.arrays()`` (plain gradient descent).
+    context : dmc.steps.StepContext, optional
+        Passed to ``step_rule.init``; rules other than constant steps need it.
     max_iter : int
         Maximum number of steps.
     tol : float
@@ -250,16 +258,20 @@ def gradient_descent(
     SolverResult
     """
     start_time = time.perf_counter() if start_time is None else start_time
+    if not hasattr(step_rule, "update"):
+        step_rule = ConstantStep(step_rule)
     metrics = dict(metrics or {})
-    records = {key: [] for key in ("iteration", "time", "train_loss", *metrics)}
+    records = {key: [] for key in ("iteration", "time", "train_loss", "step_size", *metrics)}
     first_loss = None
     evaluation_seconds = 0.0
     reason = None
     arrays = factors.arrays()
+    rule_state = step_rule.init(factors, context)
     iteration = 0
     with _deferred_interrupt() as interrupt, _progress(verbose, max_iter) as progress:
         while True:
             loss, grads = loss_and_gradients(factors)
+            updates, rule_state = step_rule.update(factors, grads, rule_state)
             if (iteration % record_every == 0 or iteration == max_iter or interrupt["set"]):
                 loss_value = _as_float(loss)  # the only host synchronisation
                 first_loss = loss_value if first_loss is None else first_loss
@@ -267,11 +279,12 @@ def gradient_descent(
                     raise DivergenceError(
                         f"training diverged at step {iteration} (loss {loss_value:.3g}, "
                         f"initially {first_loss:.3g}); use a smaller lr (the step size "
-                        f"used was {step_sizes[1] if len(step_sizes) > 2 else step_sizes[0]:.3g})."
+                        f"used was {_as_float(step_rule.step_size(rule_state)):.3g})."
                     )
                 record = {"iteration": iteration,
                           "time": time.perf_counter() - start_time - evaluation_seconds,
-                          "train_loss": loss_value * loss_unit}
+                          "train_loss": loss_value * loss_unit,
+                          "step_size": _as_float(step_rule.step_size(rule_state))}
                 evaluation_start = time.perf_counter()
                 for name, metric in metrics.items():
                     record[name] = float(metric(factors))
@@ -290,9 +303,9 @@ def gradient_descent(
                 progress.update(record, final=reason is not None)
                 if reason is not None:
                     break
-            for array, grad, step in zip(arrays, grads.arrays(), step_sizes):
-                if step != 0.0:
-                    array -= step * grad
+            for array, update in zip(arrays, updates):
+                if update is not None:
+                    array -= update
             iteration += 1
     history = {key: np.asarray(values, dtype=np.int64 if key == "iteration" else np.float64)
                for key, values in records.items()}

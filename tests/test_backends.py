@@ -54,19 +54,27 @@ def _relative_gap(a, b):
 @needs_torch
 @pytest.mark.parametrize("method", ["compressed", "narrow", "original"])
 def test_torch_cpu_matches_numpy_float64(problem, method):
+    # constant steps: the kernels alone decide the trajectory, so they must
+    # agree to rounding (the adaptive rule is compared below)
     M, mask = problem
-    reference = _fit(M, mask, method=method, max_iter=3000, record_every=100)
+    reference = _fit(M, mask, method=method, max_iter=3000, record_every=100, step_rule="constant")
     tensor = _fit(torch.from_numpy(M), torch.from_numpy(mask), method=method, max_iter=3000,
-                  record_every=100)
+                  record_every=100, step_rule="constant")
     assert _relative_gap(tensor.history_["train_loss"], reference.history_["train_loss"]) <= 1e-10
     np.testing.assert_allclose(tensor.transform(as_numpy=True), reference.transform(), rtol=0,
                                atol=1e-10 * np.abs(reference.transform()).max())
 
 
 @needs_torch
-def test_recovery_error_histories_agree(problem):
+@pytest.mark.parametrize("step_rule, tolerance", [("constant", 1e-10), ("adaptive", 1e-6),
+                                                  ("preconditioned", 1e-6)])
+def test_recovery_error_histories_agree(problem, step_rule, tolerance):
+    # The adaptive rules' step depends on norms of the factors and gradients,
+    # which the libraries sum in different orders; leaving the plateau
+    # amplifies those 1e-16 differences (measured: 3e-8 for "adaptive").
     M, mask = problem
-    kwargs = dict(max_iter=20000, record_every=200)
+    kwargs = dict(max_iter=20000, record_every=200 if step_rule == "constant" else 20,
+                  step_rule=step_rule)
     reference = DeepMatrixCompleter(rank=5, random_state=1, **kwargs).fit(M, mask, ground_truth=M)
     tensor = DeepMatrixCompleter(rank=5, random_state=1, **kwargs).fit(
         torch.from_numpy(M), torch.from_numpy(mask), ground_truth=torch.from_numpy(M))
@@ -80,8 +88,8 @@ def test_recovery_error_histories_agree(problem):
     assert resolved.sum() > len(loss) // 2
     for key in ("train_loss", "recovery_error"):
         gap = np.abs(tensor.history_[key] - reference.history_[key]) / np.abs(reference.history_[key])
-        assert gap[resolved].max() <= 1e-10, key
-        assert gap.max() <= 1e-9, key
+        assert gap[resolved].max() <= tolerance, key
+        assert gap.max() <= 10 * tolerance, key
 
 
 @needs_torch

@@ -437,6 +437,8 @@ MODEL_OPTION_CASES = {
     "init-scale": (["--init-scale", "0.05"], lambda m: m.init_scale == 0.05),
     "lr": (["--lr", "0.0123"], lambda m: m.lr == 0.0123 and m.lr_ == 0.0123),
     "gamma": (["--gamma", "0.25"], lambda m: m.gamma == 0.25),
+    "step-rule": (["--step-rule", "preconditioned"], lambda m: m.step_rule == "preconditioned"
+                  and m.history_["step_size"][-1] != m.lr_),
     "no-normalize": (["--no-normalize"], lambda m: m.normalize is False and m.scale_ == 1.0),
     "record-every": (["--record-every", "3"], lambda m: m.record_every == 3
                      and _history_steps(m) == [0, 3, 6, 9, 12, 15, 18, 20]),

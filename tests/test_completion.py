@@ -42,7 +42,7 @@ def test_compressed_recovers_with_overestimated_rank(problem, compressed_fit):
     np.testing.assert_allclose(model.predict(rows, cols), M[rows, cols], rtol=0,
                                atol=1e-5 * np.abs(M).max())
     h = model.history_
-    assert set(h) == {"iteration", "time", "train_loss", "recovery_error"}
+    assert set(h) == {"iteration", "time", "train_loss", "step_size", "recovery_error"}
     assert all(v.ndim == 1 and len(v) == len(h["iteration"]) for v in h.values())
     assert h["iteration"][-1] == model.n_iter_
     assert np.all(np.diff(h["time"]) >= 0)

@@ -1,0 +1,330 @@
+"""Step rules: how a gradient becomes an update (DESIGN.md section 7).
+
+A step rule is a small object with one job, in the spirit of optax's
+gradient transformations.  The solver calls
+
+    state = rule.init(factors, context)
+    updates, state = rule.update(factors, grads, state)     # every step
+    factor -= update                                         # for each factor
+
+and records ``rule.step_size(state)`` (the step of the inner factors) in the
+history.  Rules work on the arrays of any backend with operators and
+array-api functions only, so a step never synchronises with the host.
+
+Rules
+-----
+:class:`ConstantStep`
+    Plain gradient descent with fixed per-factor step sizes: the paper's
+    method, kept for reproduction and for the theorem test.
+:class:`RelativeStep`
+    One common scalar step per iteration, large while the factors are tiny
+    (the first plateau) and capped by the stability limit at the current
+    scale of the product.  A common scalar keeps the direction of the
+    gradient, so the fit follows the gradient-flow path, only faster: the
+    implicit low-rank bias comes from that path.
+:class:`PreconditionedStep`
+    Damped per-direction preconditioning of every factor (the analogue of
+    ScaledGD(lambda) for the compressed deep factorization), so that the
+    number of steps no longer grows with the spread of the singular values.
+
+The rules see the factors through :class:`dmc.models.DeepFactors` (``left``,
+``inner``, ``right``) and the problem through a :class:`StepContext`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._base import is_real
+
+__all__ = ["StepContext", "ConstantStep", "RelativeStep", "PreconditionedStep", "make_step_rule",
+           "STEP_RULES"]
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a step rule may know about the problem, fixed at the start of a fit.
+
+    Attributes
+    ----------
+    lr : float
+        Base step of the inner factors: ``lr_`` of the estimator, the
+        ``lr="auto"`` step (:func:`dmc.models.spectral_step_size`) by default.
+    outer_ratio : float
+        Step of the outer factors ``left``/``right`` relative to the inner
+        ones (``gamma`` for the compressed model, 1 for the wide ones).
+    target_scale : float
+        Estimated top singular value of the matrix being fitted (``s_1 / p``
+        from the initial gradient), the scale the factors grow to.
+    observed_fraction : float
+        ``|Omega| / (m n)``.
+    xp : module
+        The array namespace of the factors.
+    """
+
+    lr: float
+    outer_ratio: float
+    target_scale: float
+    observed_fraction: float
+    xp: object = np
+
+
+def _norm(x, xp):
+    """Frobenius norm as a 0-d array on the array's device (no host sync)."""
+    return xp.sqrt(xp.sum(x * x))
+
+
+def _smallest(values, xp):
+    return functools.reduce(xp.minimum, values)
+
+
+class ConstantStep:
+    """``f <- f - step_f * grad f`` with a fixed step per factor.
+
+    Parameters
+    ----------
+    step_sizes : sequence of float, optional
+        One step per array of ``factors.arrays()``.  Default (None): the
+        context's ``lr`` on the inner factors and ``outer_ratio * lr`` on
+        ``left`` and ``right``.
+    """
+
+    def __init__(self, step_sizes=None):
+        self.step_sizes = None if step_sizes is None else [float(s) for s in step_sizes]
+
+    def init(self, factors, context=None):
+        steps = self.step_sizes
+        if steps is None:
+            outer = context.outer_ratio * context.lr
+            steps = [outer] + [context.lr] * len(factors.inner) + [outer]
+        if len(steps) != len(factors.arrays()):
+            raise ValueError(f"{len(steps)} step sizes for {len(factors.arrays())} factors.")
+        return {"steps": steps}
+
+    def update(self, factors, grads, state):
+        updates = []
+        for grad, step in zip(grads.arrays(), state["steps"]):
+            if step == 0.0:
+                updates.append(None)
+            else:
+                grad *= step  # the gradient arrays are fresh each step: scale in place
+                updates.append(grad)
+        return updates, state
+
+    def step_size(self, state):
+        steps = state["steps"]
+        return steps[1] if len(steps) > 2 else steps[0]
+
+
+def _top_singular_value(C, vector, xp, iterations=2):
+    """Power iteration on ``C^T C`` from the previous step's vector.
+
+    ``C`` changes little between steps, so two warm-started iterations track
+    its top singular value; matrix products only, so it stays on the device.
+    Returns ``(sigma, vector)``.
+    """
+    for _ in range(iterations):
+        w = C.T @ (C @ vector)
+        vector = w / (_norm(w, xp) + 1e-300)
+    return _norm(C @ vector, xp), vector
+
+
+class RelativeStep:
+    """One common scalar step: bounded relative change, capped by stability.
+
+    At step t, with ``W_l`` the inner factors and ``C`` their product,
+
+        eta_t = min( max(lr, tau * min_l ||W_l|| / ||grad W_l||),
+                     lr * (target_scale / sigma_t) ** (2 (L - 1) / L) )
+
+    and ``outer_ratio * eta_t`` on ``left`` and ``right``.  ``sigma_t`` is
+    the top singular value of ``C`` (warm-started power iteration).
+
+    Why: from ``eps`` times the identity the loss is almost flat in the
+    factors, so the ``lr="auto"`` step, sized for the end of the fit, moves
+    them by a relative ``~ lr * sigma * eps**(L-2)`` per step (the plateau).
+    Bounding instead the relative change of every inner factor by ``tau``
+    lets them grow geometrically.  The second term is the same stability
+    limit that defines ``lr`` (:func:`dmc.models.spectral_step_size`), at the
+    current scale of the product instead of the target's, so the step falls
+    back to ``lr`` as the fit reaches its scale.  A common scalar keeps the
+    gradient's direction: the iterates follow gradient flow, so the implicit
+    low-rank bias of small-step gradient descent is kept (tested against a
+    constant small step).
+
+    Parameters
+    ----------
+    tau : float, default=0.05
+        Bound on the relative change ``||delta W_l|| / ||W_l||`` per step
+        while the plateau lasts.
+    """
+
+    def __init__(self, tau=0.05):
+        if not is_real(tau) or not 0 < tau < 1:
+            raise ValueError(f"tau must be a number in (0, 1); got {tau!r}.")
+        self.tau = float(tau)
+
+    def init(self, factors, context):
+        if not factors.inner:
+            raise ValueError("RelativeStep needs at least one inner factor (depth >= 3 for the "
+                             "wide models); use step_rule='constant'.")
+        k = factors.inner[0].shape[0]
+        xp = context.xp
+        vector = xp.ones_like(factors.inner[0][:, 0]) / math.sqrt(k)
+        depth = len(factors.inner)
+        return {"context": context, "vector": vector, "eta": context.lr,
+                "exponent": 2.0 * (depth - 1) / depth}
+
+    def _scalar_step(self, factors, grads, state):
+        context, xp = state["context"], state["context"].xp
+        ratios = [_norm(w, xp) / (_norm(g, xp) + 1e-300)
+                  for w, g in zip(factors.inner, grads.inner)]
+        relative = self.tau * _smallest(ratios, xp)
+        product = functools.reduce(lambda acc, w: w @ acc, factors.inner[1:], factors.inner[0])
+        sigma, state["vector"] = _top_singular_value(product, state["vector"], xp)
+        stable = context.lr * (context.target_scale / (sigma + 1e-300)) ** state["exponent"]
+        return xp.minimum(xp.maximum(relative, context.lr), stable)
+
+    def update(self, factors, grads, state):
+        eta = self._scalar_step(factors, grads, state)
+        state["eta"] = eta
+        outer = state["context"].outer_ratio * eta
+        updates = [grads.left * outer]
+        for grad in grads.inner:
+            grad *= eta
+            updates.append(grad)
+        updates.append(grads.right * outer)
+        return updates, state
+
+    def step_size(self, state):
+        return state["eta"]
+
+
+class PreconditionedStep:
+    """Damped Gram preconditioning of every factor (ScaledGD(lambda)-like).
+
+    Each factor ``F`` of ``X = left W_L ... W_1 right^T`` sits between a
+    product ``P`` on its left and ``S`` on its right (``X = P F S``); its
+    gradient is preconditioned by the damped Gram matrices of both,
+
+        D_F = (P^T P + lambda_P I)^-1  grad F  (S S^T + lambda_S I)^-1,
+
+    (the ``m x k`` and ``n x k`` outer factors only on their inner side).
+    The Gram matrices are k x k, so this costs O(L k^3 + (m + n) k^2) per
+    step, nothing next to the O(|Omega| k) gradient.  For a direction the
+    fit has learned (singular value far above the damping) the update is a
+    Newton-like step whose speed does not depend on that singular value,
+    so directions with sigma_1 / kappa converge as fast as sigma_1: the
+    step count no longer grows like kappa.  Directions still far below the
+    damping move as in plain gradient descent with the step scaled by
+    ``1 / (lambda_P lambda_S)``: the order in which they are learned, and
+    with it the implicit low-rank bias, is that of gradient descent.
+
+    The damping is absolute, a fraction ``damping`` of the squared size a
+    product of ``d`` balanced inner factors has at the target scale,
+    ``lambda = damping * target_scale ** (2 d / L)`` (the outer factors count
+    as size 1): relative damping would give tiny factors giant steps.
+
+    The step is ``eta_t = min(newton / (L p), tau * min_l ||W_l|| / ||D_l||)``
+    on the inner factors (``p`` the observed fraction: ``1 / (L p)`` is the
+    Newton step on a learned direction, which ``L`` factors share) and
+    ``outer * eta_t`` on ``left`` and ``right``.  The second term bounds the
+    relative change of the inner factors while they are small, as in
+    :class:`RelativeStep`.
+
+    Parameters
+    ----------
+    damping : float, default=1e-2
+    newton : float, default=0.5
+        Fraction of the Newton step taken on learned directions.
+    outer : float, default=0.3
+        Step of the preconditioned outer factors relative to the inner ones.
+    tau : float, default=0.2
+        Bound on the relative change of the inner factors per step.
+    """
+
+    def __init__(self, damping=1e-2, newton=0.5, outer=0.3, tau=0.2):
+        for name, value, low, high in (("damping", damping, 0, math.inf),
+                                       ("newton", newton, 0, 2), ("outer", outer, 0, 2),
+                                       ("tau", tau, 0, 1)):
+            if not is_real(value) or not low < value < high:
+                raise ValueError(f"{name} must be a number in ({low}, {high}); got {value!r}.")
+        self.damping, self.newton, self.outer, self.tau = (float(damping), float(newton),
+                                                            float(outer), float(tau))
+
+    def init(self, factors, context):
+        depth = len(factors.inner)
+        if depth == 0:
+            raise ValueError("PreconditionedStep needs at least one inner factor.")
+        # lambda for a product of d inner factors, d = 0 .. depth
+        dampings = [self.damping * context.target_scale ** (2.0 * d / depth)
+                    for d in range(depth + 1)]
+        eta_max = self.newton / (depth * context.observed_fraction)
+        return {"context": context, "dampings": dampings, "eta_max": eta_max, "eta": eta_max}
+
+    def update(self, factors, grads, state):
+        context, xp = state["context"], state["context"].xp
+        dampings = state["dampings"]
+        inner, depth = factors.inner, len(factors.inner)
+        k = inner[0].shape[0]
+        eye = xp.eye(k, dtype=inner[0].dtype)
+        if hasattr(inner[0], "device") and not isinstance(inner[0], np.ndarray):
+            eye = xp.asarray(eye, device=inner[0].device)
+        left_gram = factors.left.T @ factors.left
+        right_gram = factors.right.T @ factors.right
+
+        # prefix[l] = W_l ... W_1 applied to right^T: Gram of S_l = W_{l-1}..W_1 right^T
+        right_grams = [right_gram]
+        for w in inner[:-1]:
+            right_grams.append(w @ right_grams[-1] @ w.T)
+        left_grams = [left_gram]
+        for w in inner[:0:-1]:
+            left_grams.append(w.T @ left_grams[-1] @ w)
+        left_grams.reverse()  # left_grams[l]: Gram of left W_L .. W_{l+1}
+
+        directions = []
+        for l, grad in enumerate(grads.inner):
+            lam_left, lam_right = dampings[depth - 1 - l], dampings[l]
+            d = xp.linalg.solve(left_grams[l] + lam_left * eye, grad)
+            d = xp.linalg.solve(right_grams[l] + lam_right * eye, d.T).T
+            directions.append(d)
+        ratios = [_norm(w, xp) / (_norm(d, xp) + 1e-300) for w, d in zip(inner, directions)]
+        eta = xp.minimum(self.tau * _smallest(ratios, xp), state["eta_max"])
+        state["eta"] = eta
+
+        # outer factors: X = left (C right^T) and X = (left C) right^T
+        product_right = inner[0]
+        for w in inner[1:]:
+            product_right = w @ product_right
+        outer_left_gram = product_right @ right_gram @ product_right.T
+        outer_right_gram = product_right.T @ left_gram @ product_right
+        lam = dampings[depth]
+        outer_step = self.outer * eta
+        d_left = xp.linalg.solve(outer_left_gram + lam * eye, grads.left.T).T
+        d_right = xp.linalg.solve(outer_right_gram + lam * eye, grads.right.T).T
+        updates = [d_left * outer_step] + [d * eta for d in directions] + [d_right * outer_step]
+        return updates, state
+
+    def step_size(self, state):
+        return state["eta"]
+
+
+STEP_RULES = {"constant": ConstantStep, "adaptive": RelativeStep,
+              "preconditioned": PreconditionedStep}
+
+
+def make_step_rule(step_rule):
+    """A step rule object from a name in :data:`STEP_RULES` or an object with ``init``/``update``."""
+    if isinstance(step_rule, str):
+        if step_rule not in STEP_RULES:
+            raise ValueError(f"step_rule must be one of {sorted(STEP_RULES)} or a step rule "
+                             f"object; got {step_rule!r}.")
+        return STEP_RULES[step_rule]()
+    if all(callable(getattr(step_rule, name, None)) for name in ("init", "update", "step_size")):
+        return step_rule
+    raise TypeError(f"step_rule must be one of {sorted(STEP_RULES)} or an object with init, "
+                    f"update and step_size methods (see dmc.steps); got {step_rule!r}.")
