@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # for type checkers and documentation tools, which do not run __getattr__
     from .estimator import DeepMatrixCompleter
+    from .exceptions import NotFittedError
     from .ratings import RatingsCompleter
     from .solver import ConvergenceWarning, DivergenceError, FitInterruptedWarning
 
@@ -21,6 +22,7 @@ _LAZY = {
     "ConvergenceWarning": "dmc.solver",
     "DivergenceError": "dmc.solver",
     "FitInterruptedWarning": "dmc.solver",
+    "NotFittedError": "dmc.exceptions",
 }
 
 __all__ = [*_LAZY, "__version__"]

@@ -11,6 +11,7 @@ from ._base import BaseCompleter, check_callbacks, check_verbose, is_int, is_rea
 from .backend import (compute_threads, dtype_name, make_pattern, observed_triplets, resolve_backend, to_namespace,
                       to_numpy)
 from .datasets import _rng
+from .exceptions import not_fitted
 from .metrics import recovery_error, rmse
 from .solver import gradient_descent
 
@@ -365,9 +366,7 @@ class DeepMatrixCompleter(BaseCompleter):
     # -- using the fit -------------------------------------------------------
     def _check_fitted(self):
         if not hasattr(self, "left_factor_"):
-            raise AttributeError(
-                f"this {type(self).__name__} is not fitted yet; call fit(M, mask) first."
-            )
+            raise not_fitted(self, "fit(M, mask)")
 
     def _factors(self):
         self._check_fitted()

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from .backend import Backend, _kind_of, dtype_name, to_namespace, to_numpy
+from .exceptions import not_fitted
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "load_estimator", "save_estimator"]
 
@@ -98,10 +99,13 @@ def _state_to_json(name, value, arrays, on_backend):
 
 
 def _fitted_state(estimator):
+    check_fitted = getattr(estimator, "_check_fitted", None)
+    if check_fitted is not None:
+        check_fitted()  # NotFittedError, as every method that needs a fit raises
     names = [n for n in vars(estimator) if n.endswith("_") and not n.startswith("_")]
     names += [n for n in estimator._persisted_private if hasattr(estimator, n)]
     if not names:
-        raise ValueError(f"this {type(estimator).__name__} is not fitted yet; fit it before save().")
+        raise not_fitted(estimator)
     return {n: getattr(estimator, n) for n in names}
 
 

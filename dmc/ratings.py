@@ -43,6 +43,7 @@ from . import models, subspace
 from ._base import BaseCompleter, check_callbacks, check_verbose, is_int, is_real, solver_callbacks
 from .backend import compute_threads, make_pattern
 from .datasets import _rng
+from .exceptions import not_fitted
 from .metrics import rmse
 from .observations import Observations
 from .solver import ConvergenceWarning, gradient_descent
@@ -550,7 +551,7 @@ class RatingsCompleter(BaseCompleter):
     # -- using the fit -------------------------------------------------------
     def _check_fitted(self):
         if not hasattr(self, "row_factors_"):
-            raise AttributeError(f"this {type(self).__name__} is not fitted yet; call fit first.")
+            raise not_fitted(self)
 
     def _lookup(self, known, ids):
         """Positions of ``ids`` in the sorted ``known`` ids and whether each is known."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dmc import ConvergenceWarning, datasets
+from dmc import ConvergenceWarning, NotFittedError, datasets
 from dmc.datasets import fetch_movielens_100k, load_movielens_100k
 from dmc.ratings import RatingsCompleter
 
@@ -248,7 +248,7 @@ def test_bad_input_is_reported():
         RatingsCompleter(**FAST, clip="yes").fit(users, items, ratings)
     with pytest.raises(ValueError, match="rank=20 is too large"):
         RatingsCompleter(rank=20).fit(users, items, ratings)
-    with pytest.raises(AttributeError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         RatingsCompleter().predict(users, items)
     fitted = RatingsCompleter(**FAST).fit(users, items, ratings)
     with pytest.raises(ValueError, match="equally long"):

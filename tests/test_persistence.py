@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dmc import ConvergenceWarning, DeepMatrixCompleter, RatingsCompleter
+from dmc import ConvergenceWarning, DeepMatrixCompleter, NotFittedError, RatingsCompleter
 from dmc.backend import to_numpy
 from dmc.datasets import make_low_rank
 from dmc.persistence import FORMAT_VERSION
@@ -173,5 +173,5 @@ def test_load_errors(fitted, tmp_path):
 
 
 def test_save_unfitted_raises(tmp_path):
-    with pytest.raises(ValueError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         DeepMatrixCompleter().save(tmp_path / "m.npz")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from dmc import ConvergenceWarning, DeepMatrixCompleter
+from dmc import ConvergenceWarning, DeepMatrixCompleter, NotFittedError
 from dmc.datasets import make_low_rank
 from dmc.observations import as_observations
 
@@ -163,7 +163,7 @@ def test_ground_truth_shape_mismatch(problem):
 
 def test_predict_checks(problem):
     M, mask = problem
-    with pytest.raises(AttributeError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         DeepMatrixCompleter(rank=2).predict([0], [0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter=5 stops it early on purpose
