@@ -71,10 +71,10 @@ virtual environment, created on demand by `python benchmarks/_common.py
 `peers.py` and `low_sample.py` re-run themselves under it when it exists and
 skip the unavailable peers (saying so in their JSON) when it does not.
 
-Budget: the six synthetic scripts (`original_vs_compressed`, `rank_overestimation`,
-`depth_benefit`, `low_sample`, `peers`, `scaling`) are sized to finish in about
-25 minutes together in full mode on a 2-core machine, one thread each, run one
-after the other; each fit is capped in steps and wall time, and each section
+Budget: the seven synthetic scripts (`original_vs_compressed`, `rank_overestimation`,
+`depth_benefit`, `low_sample`, `peers`, `scaling`, `conditioning`) are sized to
+finish in about 40 minutes together in full mode on a 2-core machine, one thread
+each, run one after the other; each fit is capped in steps and wall time, and each section
 states its caps and the script's own wall time.
 """
 README_INTRO = "# dmc benchmarks\n\n"

@@ -78,6 +78,19 @@ class DeepMatrixCompleter(BaseCompleter):
     gamma : float, default=0.01
         Step size ratio of the outer factors ``U, V`` to the inner ones
         (``"compressed"`` only).  ``gamma=0`` freezes the subspace.
+    step_rule : {"auto", "adaptive", "preconditioned", "constant"} or step rule, default="auto"
+        How gradients become steps (:mod:`dmc.steps`).  ``"adaptive"``
+        (what ``"auto"`` means for ``"compressed"``): one common scalar step,
+        large while the factors are tiny, capped by the stability limit at
+        the current scale, ``lr`` at the end; it follows the same
+        gradient-flow path as plain gradient descent without the initial
+        plateau.  ``"preconditioned"``: damped Gram preconditioning of each
+        factor, for matrices with spread-out singular values (its path
+        differs; with few observations it recovers less).  ``"constant"``:
+        the paper's plain gradient descent, ``lr`` and ``gamma * lr``
+        (``"auto"`` for ``"original"`` and ``"narrow"``).  An object with
+        ``init``, ``update`` and ``step_size`` methods is used as given.
+        The step taken is recorded in ``history_["step_size"]``.
     width : int, optional
         Width of the ``"original"`` model; default ``max(m, n)``.
     normalize : bool, default=True
@@ -152,8 +165,9 @@ class DeepMatrixCompleter(BaseCompleter):
         @ right_factor_.T``.
     history_ : dict of 1-D ndarrays
         ``iteration``, ``time`` (seconds since fit started, initialization
-        included, recovery-error evaluation excluded), ``train_loss`` (in the units of M) and, with ``ground_truth``,
-        ``recovery_error``.
+        included, recovery-error evaluation excluded), ``train_loss`` (in the units of M),
+        ``step_size`` (the inner factors' step on the normalized problem) and, with
+        ``ground_truth``, ``recovery_error``.
     n_iter_ : int
         Gradient steps taken.
     converged_ : bool
