@@ -59,6 +59,32 @@ def test_constant_step_is_plain_gradient_descent():
     np.testing.assert_allclose(result.history["step_size"], 2e-2)
 
 
+def test_momentum_is_heavy_ball():
+    rng = np.random.default_rng(1)
+    M, mask, obs, pattern = _problem()
+    factors = _random_factors(rng, 30, 20, 4, 3, scale=0.5)
+    reference = factors.copy()
+    step_sizes = [1e-3, 2e-2, 3e-2, 4e-2, 0.0]  # a frozen factor stays frozen
+    beta = 0.7
+
+    def loss_and_gradients(f):
+        return models.sparse_loss_and_gradients(f, pattern, obs.values)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gradient_descent(factors, loss_and_gradients,
+                         steps.Momentum(steps.ConstantStep(step_sizes), beta=beta),
+                         max_iter=9, tol=0.0, observed_norm=1.0, record_every=1)
+    velocity = [np.zeros_like(a) for a in reference.arrays()]
+    for _ in range(9):  # x <- x - v,  v <- beta v + step * grad
+        _, grads = loss_and_gradients(reference)
+        for array, v, grad, step in zip(reference.arrays(), velocity, grads.arrays(), step_sizes):
+            v[...] = beta * v + step * grad
+            array -= v
+    for got, want in zip(factors.arrays(), reference.arrays()):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+
+
 def _explicit_chain(f):
     """Dense left/right products around each factor, built from scratch."""
     inner = f.inner
@@ -183,6 +209,8 @@ def test_step_rule_validation():
         steps.RelativeStep(tau=2)
     with pytest.raises(ValueError, match="damping"):
         steps.PreconditionedStep(damping=0)
+    with pytest.raises(ValueError, match="beta"):
+        steps.Momentum("adaptive", beta=1.0)
 
 
 def test_constant_rule_history_records_lr():
