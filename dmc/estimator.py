@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -13,6 +14,7 @@ from .backend import (compute_threads, dtype_name, make_pattern, observed_triple
 from .datasets import _rng
 from .exceptions import not_fitted
 from .metrics import recovery_error, rmse
+from .observations import Observations
 from .solver import gradient_descent
 
 __all__ = ["DeepMatrixCompleter"]
@@ -29,6 +31,37 @@ _DTYPES = ("float32", "float64")
 _REFERENCE_SCALE = 10.0
 # what step_rule="auto" means for the compressed model (benchmarks/conditioning.py)
 _DEFAULT_STEP_RULE = "adaptive"
+
+
+# normalize=False trains on the raw values: the loss (their squares, summed) and
+# the gradients must stay well inside float64, and the step-size estimate and
+# init_scale assume values not far from order one; 2**-64 .. 2**64 (about
+# 5e-20 .. 2e19) leaves margin both ways
+_RAW_EXPONENT_RANGE = (-64, 64)
+
+
+def _check_raw_range(exponent):
+    """With ``normalize=False``, max |M| (in ``[2**(exponent-1), 2**exponent)``) must be moderate."""
+    low, high = _RAW_EXPONENT_RANGE
+    if not low < exponent <= high:
+        raise ValueError(
+            f"observed values of magnitude about 2**{exponent - 1} = {math.ldexp(1.0, exponent - 1):.3g} "
+            f"are outside the range normalize=False supports, max |M| in [{math.ldexp(1.0, low):.3g}, "
+            f"{math.ldexp(1.0, high):.3g}): without normalization the loss (squares of the raw "
+            "values) and the gradients leave float64's range or the steps stall. Use "
+            "normalize=True (the default), which fits any finite magnitude, or rescale the data.")
+
+
+def _check_output_range(max_abs, float_name):
+    """The fitted model is held in ``float_name``: it must hold values of size ``max_abs``."""
+    info = np.finfo(float_name)
+    low, high = float(info.tiny), float(info.max) / 16  # normal numbers, with room for the fit's overshoot
+    if not low <= max_abs <= high:
+        raise ValueError(
+            f"observed values up to {max_abs:.3g} do not fit the model's dtype {float_name}: "
+            f"the largest observed magnitude must lie in [{low:.3g}, {high:.3g}] (normal "
+            f"{float_name} numbers, with room for the fit to overshoot)"
+            + ("; fit in float64." if float_name != "float64" else "; rescale the data."))
 
 
 def _rescaled(factors, scale):
@@ -104,7 +137,12 @@ class DeepMatrixCompleter(BaseCompleter):
         ``init_scale``, ``lr`` and ``tol`` act the same on ratings, pixel
         values or unit-variance data.  ``False`` fits ``M`` as given, which is
         the paper's setting (its ``eps`` is absolute); use it to reproduce
-        the paper's step counts.
+        the paper's step counts.  With ``True`` any finite data whose largest
+        observed magnitude is a normal float64 number (2.2e-308 to 1.1e307)
+        fits: the initial SVD works on the values divided by a power of two
+        near their largest magnitude.  ``False`` accepts largest magnitudes
+        in [5.4e-20, 1.8e19] (the raw loss and steps need moderate values)
+        and raises ValueError outside it.
     max_iter : int, default=20000
         Maximum number of gradient steps.
     tol : float, default=1e-7
@@ -255,12 +293,22 @@ class DeepMatrixCompleter(BaseCompleter):
         check_verbose(self.verbose)
 
     # -- fitting -------------------------------------------------------------
-    def _initialize(self, obs, rng):
-        """Initial factors and the top singular value(s) of the initial gradient."""
+    def _initialize(self, obs, rng, exponent=0):
+        """Initial factors and the top singular value(s) of the initial gradient.
+
+        ``obs`` holds the observed values divided by ``2**exponent`` (exactly:
+        a power of two), so that they are of order one whatever the data's
+        magnitude and ARPACK / LAPACK never see values near float64's limits;
+        the singular values returned are in the same unit.  The initial
+        gradient is that of the problem trained on: ``P_Omega(E0 - M / c)``
+        with ``normalize`` (``c = 2**exponent``, within a factor of 2 of max
+        |M|, as the normalized problem is), ``P_Omega(E0 - M) / c`` without.
+        """
         shape, L, eps = obs.shape, self.depth, self.init_scale
         if self.method == "compressed":
             q = subspace.RandomOrthogonal(shape, rng)
-            G0 = subspace.initial_gradient(obs, q, eps**L)
+            e0 = eps**L if self.normalize else math.ldexp(eps**L, -exponent)
+            G0 = subspace.initial_gradient(obs, q, e0)
             spectrum = subspace.top_singular_triplets(G0, self.rank, rng)
             U, V = subspace.invariant_subspace(spectrum, q, rng)
             factors = models.init_compressed(U, V, L, eps)
@@ -308,20 +356,40 @@ class DeepMatrixCompleter(BaseCompleter):
                       else input_dtype or dtype_name(backend.default_float()))
         dtype = backend.float_dtype(float_name)
         rng = _rng(self.random_state)
-        factors, singular_values = self._initialize(obs, rng)
+        # the data's magnitude as a power of two: max |M| in [2**(exponent-1), 2**exponent)
+        values = obs.values.astype(np.float64)
+        exponent = math.frexp(float(np.max(np.abs(values))))[1]
+        if not self.normalize:
+            _check_raw_range(exponent)
+        _check_output_range(float(np.max(np.abs(values))), float_name)
+        unit_obs = Observations(obs.shape, obs.observed_rows, obs.observed_cols,
+                                np.ldexp(values, -exponent))  # exact
+        factors, unit_singular_values = self._initialize(unit_obs, rng, exponent)
         p = obs.observed_fraction
-        scale = float(singular_values[0] / p / _REFERENCE_SCALE) if self.normalize else 1.0
-        obs = obs.astype(np.float64).scaled(1.0 / scale).astype(float_name)
+        # scale / 2**exponent; the scale itself is formed once, so it may lie anywhere in float64
+        relative = (float(unit_singular_values[0] / p / _REFERENCE_SCALE) if self.normalize
+                    else math.ldexp(1.0, -exponent))
+        scale = math.ldexp(relative, exponent)  # exactly 1.0 without normalize
+        if not (math.isfinite(scale) and scale > 0.0):
+            raise ValueError(
+                f"observed values up to {float(np.max(np.abs(values))):.3g} are too large to "
+                "normalize: the scale s_1 / p / 10 (s_1 the top singular value of the observed "
+                f"matrix, p the observed fraction) exceeds float64's maximum "
+                f"{np.finfo(np.float64).max:.3g}; divide the data by a constant first.")
+        with np.errstate(over="ignore"):  # in units of M: may overflow past 1e307 (reported as inf)
+            singular_values = np.ldexp(unit_singular_values, exponent)
+        obs = Observations(obs.shape, obs.observed_rows, obs.observed_cols,
+                           (unit_obs.values / relative).astype(float_name))
         # C order: row gathers on the observed pattern are several times faster
         factors = models.DeepFactors.from_arrays(
             [to_namespace(np.ascontiguousarray(a, dtype=float_name), backend)
              for a in factors.arrays()])
-        lr = (models.spectral_step_size(singular_values[0] / scale, p, self.depth)
+        lr = (models.spectral_step_size(unit_singular_values[0] / relative, p, self.depth)
               if self.lr == "auto" else float(self.lr))
         rule = self._step_rule()
         context = steps.StepContext(
             lr=lr, outer_ratio=self.gamma if self.method == "compressed" else 1.0,
-            target_scale=float(singular_values[0] / scale / p), observed_fraction=p,
+            target_scale=float(unit_singular_values[0] / relative / p), observed_fraction=p,
             xp=backend.xp)
 
         if self.method == "original":
@@ -352,7 +420,7 @@ class DeepMatrixCompleter(BaseCompleter):
                 factors, loss_and_gradients, rule, context=context, max_iter=self.max_iter,
                 tol=self.tol, observed_norm=float(np.linalg.norm(obs.values)),
                 record_every=self.record_every, metrics=metrics,
-                callbacks=solver_callbacks(self.callbacks), loss_unit=scale**2,
+                callbacks=solver_callbacks(self.callbacks), loss_unit=scale * scale,  # inf (not OverflowError) past 1e154
                 start_time=start, verbose=int(self.verbose),
             )
         self.shape_ = obs.shape

@@ -34,6 +34,7 @@ Measured effects on MovieLens 100K are in ``benchmarks/README.md``
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 
@@ -85,6 +86,24 @@ def _as_1d(name, values):
             f"{name} must hold integer or string ids; got dtype {array.dtype}. "
             "Float ids are ambiguous: convert them, e.g. users.astype(int).")
     return array
+
+
+# ratings whose largest magnitude lies outside [2**-4, 2**32] are fitted divided
+# by a power of two (exact) that brings it into [0.5, 1), and the fit is scaled
+# back: the initial gradient P_Omega(E0 - M) then describes the data, not E0
+# (tiny ratings), and no sum or square leaves float64 (huge ones).  Ratings
+# inside the range are fitted as given.
+_UNSHIFTED_EXPONENTS = (-3, 33)  # frexp exponents e, max |r| in [2**(e-1), 2**e)
+# fitted attributes and history entries in rating units (times 2**shift) or squared
+_RATING_UNIT_STATE = ("global_mean_", "scale_", "row_factors_", "user_bias_", "item_bias_")
+
+
+def _rating_shift(ratings):
+    """The power of two ``shift`` that ``fit`` divides the ratings by (0: none)."""
+    largest = float(np.max(np.abs(ratings)))
+    exponent = math.frexp(largest)[1]
+    low, high = _UNSHIFTED_EXPONENTS
+    return 0 if largest == 0.0 or low <= exponent <= high else exponent
 
 
 _COLUMN_NAMES = {
@@ -363,7 +382,12 @@ class RatingsCompleter(BaseCompleter):
         items : array-like of ids, optional
             Same length as the users; in ``fit(X, y)`` it receives ``y``.
         ratings : array-like of float, optional
-            Same length.
+            Same length.  Any finite magnitude: ratings whose largest
+            magnitude lies outside [0.0625, 8.6e9) are fitted divided by a
+            power of two near it (exactly) and the fit is scaled back (the
+            progress display and callbacks then see the divided units); a
+            ValueError says when the fitted factors would overflow float64
+            (largest ratings near 1e307).
         y : array-like of float, optional
             The ratings, for ``fit(X, y=...)``.
 
@@ -402,8 +426,12 @@ class RatingsCompleter(BaseCompleter):
             user, item = (self.user_ids_[rows[i]].item(), self.item_ids_[cols[i]].item())
             raise ValueError(f"user {user!r} rated item {item!r} "
                              "more than once; keep one rating per pair (e.g. the latest).")
-        self.rating_range_ = (self._check_range(self.rating_range) if self.rating_range is not None
-                              else (float(ratings.min()), float(ratings.max())))
+        rating_range = (self._check_range(self.rating_range) if self.rating_range is not None
+                        else (float(ratings.min()), float(ratings.max())))
+        shift = _rating_shift(ratings)  # extreme magnitudes: fit ratings / 2**shift, scale back
+        ratings = np.ldexp(ratings, -shift)
+        # _train clips validation predictions to rating_range_, in the units trained on
+        self.rating_range_ = tuple(math.ldexp(v, -shift) for v in rating_range)
         self._observed = (rows, cols)  # for recommend(exclude_observed=True)
 
         rng = _rng(self.random_state)
@@ -427,9 +455,28 @@ class RatingsCompleter(BaseCompleter):
                 max_iter=max(best_iter, 1), callbacks=[])
             if refit_result.stop_reason != "interrupted":
                 fitted = refitted
+        if shift:  # back to rating units
+            with np.errstate(over="ignore"):
+                fitted.update({name: np.ldexp(fitted[name], shift) for name in _RATING_UNIT_STATE})
+            fitted["global_mean_"], fitted["scale_"] = float(fitted["global_mean_"]), float(fitted["scale_"])
+            self.rating_range_ = rating_range
+            if not all(np.all(np.isfinite(fitted[name])) for name in _RATING_UNIT_STATE):
+                raise ValueError(
+                    f"ratings up to {np.max(np.abs(rating_range)):.3g} are too large: the fitted "
+                    "factors and biases, in rating units, exceed float64's maximum "
+                    f"{np.finfo(np.float64).max:.3g} (they can be larger than the ratings; the "
+                    "margin needed depends on the data, about 1e300 usually fits); divide the "
+                    "ratings by a constant first.")
         for name, value in fitted.items():
             setattr(self, name, value)
-        self.n_iter_, self.best_iter_, self.history_ = result.n_iter, best_iter, result.history
+        history = result.history
+        if shift:
+            history = dict(history)
+            with np.errstate(over="ignore"):  # squares of huge ratings: inf
+                history["train_loss"] = np.ldexp(history["train_loss"], 2 * shift)
+            if "validation_rmse" in history:
+                history["validation_rmse"] = np.ldexp(history["validation_rmse"], shift)
+        self.n_iter_, self.best_iter_, self.history_ = result.n_iter, best_iter, history
         self.stop_reason_ = result.stop_reason
         self.fit_time_ = time.perf_counter() - start
         return self

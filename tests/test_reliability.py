@@ -54,3 +54,115 @@ def test_not_fitted_error_without_scikit_learn(monkeypatch):
     assert "sklearn" not in repr(cls.__mro__)
     error = namespace["not_fitted"](DeepMatrixCompleter(), "fit(M, mask)")
     assert isinstance(error, cls) and "DeepMatrixCompleter is not fitted yet" in str(error)
+
+
+# -- any magnitude float64 holds ----------------------------------------------
+def _low_rank(seed=0, shape=(24, 18), rank=2, fraction=0.6):
+    rng = np.random.default_rng(seed)
+    M = rng.standard_normal((shape[0], rank)) @ rng.standard_normal((rank, shape[1]))
+    return M, rng.random(shape) < fraction
+
+
+def _fit(M, mask, **params):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return DeepMatrixCompleter(**{"rank": 2, "max_iter": 400, "random_state": 0, **params}).fit(M, mask)
+
+
+def _assert_silent(capfd):
+    out, err = capfd.readouterr()
+    assert err == "" and out == "", f"printed to the terminal: {out!r} {err!r}"
+
+
+@pytest.fixture(scope="module")
+def reference_fit():
+    M, mask = _low_rank()
+    model = _fit(M, mask)
+    return M, mask, model.transform(as_numpy=True)
+
+
+@pytest.mark.parametrize("magnitude", [1e300, 1e-300, 1e150, 1e-150, 1e306, 1e-306])
+def test_normalized_fit_of_any_float64_magnitude(reference_fit, magnitude, capfd):
+    # was: ArpackError and LAPACK's "DLASCL parameter number 4" on stderr (1e300),
+    # ZeroDivisionError (1e-300), a subspace of E0 rather than of M (1e-150)
+    M, mask, reference = reference_fit
+    model = _fit(M * magnitude, mask)
+    X = model.transform(as_numpy=True) / magnitude
+    assert np.all(np.isfinite(X))
+    # the normalized problem is the same one: the fit scales with the data
+    np.testing.assert_allclose(X, reference, rtol=1e-6, atol=1e-6 * np.abs(reference).max())
+    assert np.linalg.norm(X - M) < 0.5 * np.linalg.norm(M)  # and it recovers M
+    assert np.isclose(model.scale_ / magnitude, _fit(M, mask, max_iter=1).scale_, rtol=1e-9)
+    _assert_silent(capfd)
+
+
+@pytest.mark.parametrize("method", ["narrow", "original"])
+def test_other_models_at_extreme_magnitudes(method, capfd):
+    M, mask = _low_rank(shape=(12, 10))
+    for magnitude in (1e300, 1e-300):
+        X = _fit(M * magnitude, mask, method=method, max_iter=50).transform(as_numpy=True)
+        assert np.all(np.isfinite(X)) and np.abs(X).max() > 0
+    _assert_silent(capfd)
+
+
+@pytest.mark.parametrize("magnitude", [1e300, 1e-300, 1e150, 1e-150, 1e30, 1e-30])
+def test_unnormalized_fit_outside_its_range_says_so(magnitude, capfd):
+    M, mask = _low_rank()
+    with pytest.raises(ValueError, match=r"outside the range normalize=False supports.*normalize=True"):
+        _fit(M * magnitude, mask, normalize=False)
+    _assert_silent(capfd)
+
+
+def test_unnormalized_fit_inside_its_range():
+    M, mask = _low_rank()
+    for magnitude in (1e-15, 1e15):
+        assert np.all(np.isfinite(_fit(M * magnitude, mask, normalize=False, max_iter=20).transform()))
+
+
+def test_magnitudes_the_model_dtype_cannot_hold(capfd):
+    M, mask = _low_rank()
+    with pytest.raises(ValueError, match=r"do not fit the model's dtype float64.*2.23e-308"):
+        _fit(M * 1e-310, mask)  # subnormal: no precision left
+    with pytest.raises(ValueError, match=r"dtype float32.*fit in float64"):
+        _fit(M * 1e100, mask, dtype="float32")
+    with pytest.raises(ValueError, match=r"dtype float32"):
+        _fit(M * 1e-60, mask, dtype="float32")
+    _assert_silent(capfd)
+
+
+def _ratings(seed=0, n_users=40, n_items=30):
+    rng = np.random.default_rng(seed)
+    R = 3.0 + rng.standard_normal((n_users, 2)) @ rng.standard_normal((2, n_items))
+    users, items = np.nonzero(rng.random(R.shape) < 0.5)
+    return users, items, R[users, items]
+
+
+@pytest.mark.parametrize("magnitude", [1e300, 1e-300, 1e150, 1e-150, 1e-310])
+def test_ratings_of_any_float64_magnitude(magnitude, capfd):
+    users, items, ratings = _ratings()
+    params = dict(rank=2, max_iter=400, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        reference = RatingsCompleter(**params).fit(users, items, ratings)
+        model = RatingsCompleter(**params).fit(users, items, ratings * magnitude)
+    predicted = model.predict(users, items)
+    assert np.all(np.isfinite(predicted))
+    # the ratings are fitted divided by a power of two near their largest magnitude, where
+    # E0 = init_scale**depth is relatively larger than at magnitude 1: the same fit to ~1%
+    error = np.sqrt(np.mean((predicted / magnitude - ratings) ** 2))
+    assert error < 0.1 and error < 2 * np.sqrt(np.mean((reference.predict(users, items) - ratings) ** 2))
+    np.testing.assert_allclose(predicted / magnitude, reference.predict(users, items), rtol=0.05)
+    np.testing.assert_allclose(np.array(model.rating_range_) / magnitude, reference.rating_range_,
+                               rtol=1e-12)
+    np.testing.assert_allclose(model.history_["validation_rmse"] / magnitude,
+                               reference.history_["validation_rmse"], rtol=0.1)
+    assert np.all(np.isfinite(model.recommend(users[0], k=3)[1]))
+    _assert_silent(capfd)
+
+
+def test_ratings_whose_fit_overflows_say_so(capfd):
+    users, items, ratings = _ratings()
+    with pytest.raises(ValueError, match="too large: the fitted factors"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        RatingsCompleter(rank=2, max_iter=5, random_state=0).fit(users, items, ratings * 1e307)
+    _assert_silent(capfd)
