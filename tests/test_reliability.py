@@ -166,3 +166,26 @@ def test_ratings_whose_fit_overflows_say_so(capfd):
         warnings.simplefilter("ignore", ConvergenceWarning)
         RatingsCompleter(rank=2, max_iter=5, random_state=0).fit(users, items, ratings * 1e307)
     _assert_silent(capfd)
+
+
+def test_error_measures_at_extreme_magnitudes():
+    # found by tests/test_fuzz.py: score() of a 1e298-sized fit overflowed in rmse's squares
+    from dmc.metrics import recovery_error, rmse
+
+    assert rmse([3e300, -4e300], [0.0, 0.0]) == pytest.approx(np.sqrt(12.5) * 1e300)
+    assert rmse([3e-300, 4e-300], [0.0, 0.0]) == pytest.approx(np.sqrt(12.5) * 1e-300)
+    assert rmse([1.0, 2.0], [1.0, 2.0]) == 0.0
+    assert recovery_error(np.array([[1e300, 2e300]]), np.array([[1e300, 1e300]])) == pytest.approx(
+        np.sqrt(0.5))
+    assert recovery_error(np.array([[1e-300, 2e-300]]), np.array([[1e-300, 1e-300]])) == pytest.approx(
+        np.sqrt(0.5))
+
+
+def test_score_and_recovery_error_of_a_huge_fit(reference_fit):
+    M, mask, _ = reference_fit
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = DeepMatrixCompleter(rank=2, max_iter=50, random_state=0).fit(
+            M * 1e300, mask, ground_truth=M * 1e300)
+    assert np.all(np.isfinite(model.history_["recovery_error"]))
+    assert np.isfinite(model.score(M * 1e300, mask)) and model.score(M * 1e300, mask) < 0
