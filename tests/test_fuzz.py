@@ -6,7 +6,9 @@ arrays or nested lists; every
 scipy.sparse format (csr, csc, coo, lil, dok, bsr, dia) as a matrix and as a
 sparse array; coo with duplicate coordinates; C and Fortran order;
 non-contiguous views; read-only arrays; float32 / float64 / int64 / int8 /
-bool values; explicit zeros; magnitudes from 1e-300 to 1e300; one row, one
+bool values; explicit zeros; magnitudes from 1e-300 to 1e300, alone or mixed
+in one matrix; torch dense (NaN or mask), COO and CSR tensors when torch is
+installed; one row, one
 column, one entry or all entries observed; shapes from 1 x 1 to 7 x 7.
 
 The hypothesis profile is bounded (``max_examples`` below, no deadline), so
@@ -30,6 +32,12 @@ SPARSE_FORMATS = ["csr", "csc", "coo", "lil", "dok", "bsr", "dia"]
 FORMS = (["dense_mask", "dense_int_mask", "dense_nan", "list_mask", "list_nan", "fortran_mask", "fortran_nan", "view_mask",
           "view_nan", "readonly_mask", "readonly_nan", "coo_duplicates"]
          + [f"{f}_matrix" for f in SPARSE_FORMATS] + [f"{f}_array" for f in SPARSE_FORMATS])
+try:
+    import torch
+except ImportError:  # torch is optional (dmc[torch])
+    torch = None
+else:
+    FORMS += ["torch_nan", "torch_mask", "torch_coo", "torch_csr"]
 PATTERNS = ["random", "all", "one_row", "one_column", "one_entry"]
 DTYPES = ["float64", "float32", "int64", "int8", "bool"]
 
@@ -53,8 +61,12 @@ def problems(draw):
             observed[:, j] = True
         else:
             observed[i, j] = True
-    exponent = draw(st.sampled_from([0, 0, 1, -1, 5, -5, 150, -150, 300, -300]))
-    values = np.outer(rng.standard_normal(m), rng.standard_normal(n)) * 10.0**exponent
+    exponent = draw(st.sampled_from([0, 0, 1, -1, 5, -5, 150, -150, 300, -300, "mixed"]))
+    values = np.outer(rng.standard_normal(m), rng.standard_normal(n))
+    if exponent == "mixed":  # 1e-300, 1 and 1e300 side by side
+        values *= 10.0 ** rng.choice([-300, 0, 300], size=(m, n))
+    else:
+        values *= 10.0**exponent
     if draw(st.booleans()):  # explicit zeros among the observed values
         values[rng.random((m, n)) < 0.3] = 0.0
     dtype = draw(st.sampled_from(DTYPES))
@@ -95,6 +107,20 @@ def _build(form, values, observed):
             if mask is not None:
                 mask.setflags(write=False)
         return M, mask
+    if form.startswith("torch"):
+        if form == "torch_nan":
+            data = values.astype(np.float64) if kind != "f" else values
+            return torch.from_numpy(np.where(observed, data, np.nan).astype(data.dtype)), None
+        if form == "torch_mask":
+            return torch.from_numpy(values.copy()), torch.from_numpy(observed.copy())
+        rows, cols = np.nonzero(observed)
+        coo = torch.sparse_coo_tensor(np.array([rows, cols]), values[rows, cols], size=values.shape,
+                                      check_invariants=True)
+        if form == "torch_coo":
+            return coo, None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+            return coo.coalesce().to_sparse_csr(), None
     rows, cols = np.nonzero(observed)
     data = values[rows, cols]
     if form == "coo_duplicates":
@@ -121,6 +147,12 @@ def _snapshot(M, mask):
             return [np.array(getattr(x, name), copy=True)
                     for name in ("data", "indices", "indptr", "row", "col", "offsets")
                     if hasattr(x, name)]
+        if torch is not None and isinstance(x, torch.Tensor):
+            if x.layout == torch.strided:
+                return [x.numpy().copy()]
+            parts = ([x._values(), x._indices()] if x.layout == torch.sparse_coo
+                     else [x.values(), x.crow_indices(), x.col_indices()])
+            return [t.numpy().copy() for t in parts]
         if isinstance(x, list):
             return [np.array(repr(x))]
         return [np.array(x, copy=True), np.array(x.flags.writeable)]
