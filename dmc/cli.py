@@ -158,7 +158,8 @@ def _add_model_arguments(parser, *, record_every_default=None):
     group.add_argument("--step-rule", default=_MODEL_DEFAULTS["step_rule"],
                        choices=["auto", "adaptive", "preconditioned", "constant"],
                        help="how gradients become steps: auto (= adaptive for compressed), "
-                            "adaptive (skips the initial plateau on the gradient-flow path), "
+                            "adaptive (skips the initial plateau on the gradient-flow path, "
+                            "with momentum), "
                             "preconditioned (ill-conditioned matrices) or constant (the paper's "
                             "plain gradient descent) (default %(default)s)")
     group.add_argument("--no-normalize", action="store_true",

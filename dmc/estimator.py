@@ -115,9 +115,9 @@ class DeepMatrixCompleter(BaseCompleter):
         How gradients become steps (:mod:`dmc.steps`).  ``"adaptive"``
         (what ``"auto"`` means for ``"compressed"``): one common scalar step,
         large while the factors are tiny, capped by the stability limit at
-        the current scale, ``lr`` at the end; it follows the same
-        gradient-flow path as plain gradient descent without the initial
-        plateau.  ``"preconditioned"``: damped Gram preconditioning of each
+        the current scale, ``lr`` at the end, with heavy-ball momentum 0.5;
+        it stays on the gradient-flow path of plain gradient descent (the
+        same completed matrix) without the initial plateau.  ``"preconditioned"``: damped Gram preconditioning of each
         factor, for matrices with spread-out singular values (its path
         differs; with few observations it recovers less).  ``"constant"``:
         the paper's plain gradient descent, ``lr`` and ``gamma * lr``

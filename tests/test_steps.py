@@ -4,8 +4,10 @@
   hand-written loop ``f -= step * grad`` step for step.
 - RelativeStep keeps the gradient-flow path: it reaches the same completed
   matrix as constant small-step gradient descent on an underdetermined
-  problem, where the implicit bias decides the answer (and a rule that
-  leaves gradient flow, PreconditionedStep, does not).
+  problem, where the implicit bias decides the answer (so does the default,
+  RelativeStep with momentum 0.5; a rule that leaves gradient flow,
+  PreconditionedStep, does not).
+- Momentum is heavy ball, checked against a hand-written loop.
 - PreconditionedStep's direction solves the damped Gram equations, checked
   against explicitly formed products and inverses.
 """
@@ -152,6 +154,10 @@ def test_relative_step_follows_the_constant_small_step_path():
     assert slow.converged_ and small_step.converged_ and fast.converged_
     assert _unobserved_gap(fast, small_step, mask) < 1e-3
     assert fast.n_iter_ < slow.n_iter_  # the plateau is skipped
+    # the default adds heavy-ball momentum (beta 0.5): a different discrete
+    # path that stays close to gradient flow (measured gap 1.5e-4)
+    default = _complete(M, mask, "adaptive")
+    assert default.converged_ and _unobserved_gap(default, small_step, mask) < 1e-3
     # the comparison tells paths apart: preconditioning leaves gradient flow
     # and ends elsewhere (which is why it is not the default)
     other = _complete(M, mask, "preconditioned")
