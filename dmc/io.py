@@ -143,11 +143,12 @@ def _index_columns(table, where, *, one_based, shape):
     import numpy as np
 
     index = table[:, :2]
-    integral = np.isfinite(index) & (index == np.round(index))
+    # integers that float64 holds exactly (2**53), so the int64 cast below is exact
+    integral = np.isfinite(index) & (index == np.round(index)) & (np.abs(index) <= 2.0**53)
     if not integral.all():
         i = int(np.flatnonzero(~integral.all(axis=1))[0])
         raise ValueError(f"{where[i]}: row and column indices must be "
-                         f"integers; got {table[i, 0]:g}, {table[i, 1]:g}")
+                         f"integers (below 2**53); got {table[i, 0]:g}, {table[i, 1]:g}")
     index = index.astype(np.int64) - (1 if one_based else 0)
     if index.size and index.min() < 0:
         i = int(np.flatnonzero((index < 0).any(axis=1))[0])
@@ -184,6 +185,23 @@ def _load_npy(path):
         raise ValueError(f"{path}: not a readable .npy array ({_one_line(exc)})") from None
 
 
+def _check_declared_entries(path, rows, cols, entries, layout):
+    """A Matrix Market header must not declare more entries than the file can hold.
+
+    Each entry takes at least two bytes (a digit and a line break), so an
+    uncompressed file of ``size`` bytes holds at most ``size // 2``: a larger
+    count is a truncated or corrupt file, rejected before the reader allocates
+    for it (a count of 1e12 would otherwise end in an out-of-memory error).
+    """
+    declared = entries if layout == "coordinate" else rows * cols
+    if _suffix(path) == ".mtx" and str(path).lower().endswith(".mtx"):
+        capacity = Path(path).stat().st_size // 2
+        if declared > capacity:
+            raise ValueError(f"the header declares {declared} entries ({rows} x {cols}, "
+                             f"{layout}) but the file has room for at most {capacity}: "
+                             "it is truncated or the header is wrong")
+
+
 def read_matrix(path, *, one_based=False, shape=None):
     """``(M, mask, n_observed)`` from an input file; mask is None unless given in the file."""
     import numpy as np
@@ -202,9 +220,11 @@ def read_matrix(path, *, one_based=False, shape=None):
     if suffix == ".npy":
         M = _load_npy(path)
     elif suffix == ".npz":
+        import zipfile
+
         try:
             archive = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
             raise ValueError(f"{path}: not a readable .npz archive ({_one_line(exc)})") from None
         with archive:
             keys = set(archive.files)
@@ -221,16 +241,31 @@ def read_matrix(path, *, one_based=False, shape=None):
     elif suffix == ".mtx":
         import scipy.io
 
+        import zlib
+
+        # truncated or corrupt compression (EOFError, zlib.error, gzip's OSError) and
+        # header numbers past the integer range (OverflowError) are malformed files too
+        unreadable = (ValueError, IndexError, TypeError, OverflowError, EOFError, zlib.error)
         try:
-            field = scipy.io.mminfo(path)[4]
+            rows, cols, entries, layout, field, _ = scipy.io.mminfo(path)
+            _check_declared_entries(path, rows, cols, entries, layout)
             M = scipy.io.mmread(path)
-        except (ValueError, IndexError, TypeError) as exc:
+        except unreadable as exc:
+            raise ValueError(f"{path}: not a readable Matrix Market file ({_one_line(exc)})") from None
+        except OSError as exc:  # gzip.BadGzipFile and the like; a missing file was caught above
+            if isinstance(exc, (PermissionError, IsADirectoryError)):
+                raise
             raise ValueError(f"{path}: not a readable Matrix Market file ({_one_line(exc)})") from None
         if field == "pattern":
             raise ValueError(f"{path} is a 'pattern' Matrix Market file: it has positions but no "
                              "values to complete")
         if sp.issparse(M):
-            M = sp.csr_matrix(M) if not sp.isspmatrix_coo(M) else M
+            try:
+                M = sp.csr_matrix(M) if not sp.isspmatrix_coo(M) else M
+                np.empty(max(rows, cols) + 1, np.int64)  # the fit's row pointers (not touched)
+            except MemoryError:
+                raise ValueError(f"{path}: the header declares a {rows} x {cols} matrix, too large "
+                                 f"for memory with {M.nnz} entries; check the size line") from None
     elif suffix in TEXT_SUFFIXES:
         table, where = _read_text_table(path, columns=3, what="row,col,value triplets")
         rows, cols = _index_columns(table, where, one_based=one_based, shape=shape)
@@ -243,7 +278,12 @@ def read_matrix(path, *, one_based=False, shape=None):
             i = int(order[repeated[0] + 1])
             raise ValueError(f"{where[i]}: entry ({int(table[i, 0])}, "
                              f"{int(table[i, 1])}) appears more than once")
-        M = sp.coo_matrix((table[:, 2], (rows, cols)), shape=shape).tocsr()
+        try:
+            M = sp.coo_matrix((table[:, 2], (rows, cols)), shape=shape).tocsr()
+        except MemoryError:  # the row pointers alone take 8 (m + 1) bytes
+            raise ValueError(f"{path}: the indices make a {shape[0]} x {shape[1]} matrix, too large "
+                             f"for memory with {len(table)} entries; check the indices (and "
+                             "--one-based)") from None
     else:
         raise ValueError(f"{path}: unknown input format {suffix or '(no extension)'!r}; "
                          f"use {INPUT_FORMATS}")
