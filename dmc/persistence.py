@@ -140,14 +140,32 @@ def _param_from_json(value):
     return value
 
 
+class _Damaged(ValueError):
+    """A model file whose structure is not what ``save`` writes."""
+
+
 def _read_header(archive, path):
     if _HEADER not in archive.files:
         raise ValueError(f"{path} is a NumPy archive but not a dmc model (no {_HEADER} entry); "
                          "dmc models are written by estimator.save(path).")
-    header = json.loads(str(archive[_HEADER]))
+    text = _member(archive, _HEADER)
+    if text.dtype.kind != "U" or text.ndim != 0:
+        raise _Damaged(f"its {_HEADER} entry is a {text.dtype} array of shape {text.shape}, not text")
+    try:
+        header = json.loads(str(text))
+    except json.JSONDecodeError as error:
+        raise _Damaged(f"its header is not valid JSON ({error})") from None
+    if not isinstance(header, dict):
+        raise _Damaged(f"its header is a JSON {type(header).__name__}, not an object")
     if header.get("format") != FORMAT:
         raise ValueError(f"{path} is not a dmc model file (format {header.get('format')!r}).")
-    if header.get("format_version", 0) > FORMAT_VERSION:
+    version = header.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise _Damaged(f"its format_version is {version!r}, not an integer")
+    for key, kind in (("class", str), ("params", dict), ("state", dict)):
+        if not isinstance(header.get(key), kind):
+            raise _Damaged(f"its header has no {key!r} {kind.__name__}")
+    if version > FORMAT_VERSION:
         raise ValueError(f"{path} was written by dmc {header.get('dmc_version')} in format "
                          f"version {header['format_version']}; this dmc reads up to version "
                          f"{FORMAT_VERSION}. Upgrade dmc to load it.")
@@ -171,65 +189,150 @@ def load_estimator(path, *, backend=None, device=None, expected=None):
     -------
     estimator
     """
+    import tokenize
+    import zipfile
+    import zlib
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no model file at {path}.")
     try:
         archive = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as error:  # not an npz (zip) file at all
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:  # not an npz (zip) file
         raise ValueError(f"{path} is not a dmc model file (.npz): {error}") from None
-    with archive:
-        header = _read_header(archive, path)
-        classes = _estimator_classes()
-        name = header["class"]
-        if name not in classes:
-            raise ValueError(f"{path} holds an unknown estimator class {name!r}.")
-        cls = classes[name]
-        if expected is not None and cls is not expected:
-            raise ValueError(f"{path} holds a {name}; load it with {name}.load(path).")
-        params = {k: _param_from_json(v) for k, v in header["params"].items()}
-        has_backend = "backend" in params
-        if (backend is not None or device is not None) and not has_backend:
-            raise ValueError(f"{name} runs on NumPy only; load it without backend or device.")
-        saved = header["state"].get("backend_")
-        target = None
-        if saved is not None:
-            name_ = backend or saved["__backend__"]
-            if device is None and name_ == saved["__backend__"]:
-                device = None if name_ == "numpy" else saved["device"]
-            if name_ == "cupy" and isinstance(device, str) and device.isdigit():
-                device = int(device)
-            if name_ not in ("numpy", "torch", "cupy"):
-                raise ValueError(f'backend must be "numpy", "torch" or "cupy"; got {name_!r}.')
-            try:
-                target = Backend(name_, device)
-            except RuntimeError as error:
-                raise ValueError(f"cannot place the saved model on backend={name_!r}, "
-                                 f"device={device!r} ({error}); pass backend='numpy' or "
-                                 "device='cpu' to load it elsewhere.") from None
-            if backend is not None:
-                params["backend"] = backend
-            if backend is not None or device is not None:
-                params["device"] = None if target.name == "numpy" else str(target.device)
-        estimator = cls(**params)
+    try:
+        with archive:
+            estimator = _load(archive, path, backend, device, expected)
+        _check_state(estimator)
+    except _Damaged as error:
+        raise ValueError(f"{path} is a damaged dmc model file: {error}. Save the model again.") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, KeyError, SyntaxError, tokenize.TokenError) as error:
+        # a truncated or modified archive: bad CRC, a member missing or cut short
+        # (SyntaxError, TokenError: NumPy parsing a damaged .npy member header)
+        raise ValueError(f"{path} is a damaged dmc model file (truncated or modified: "
+                         f"{type(error).__name__}: {error}). Save the model again.") from None
+    return estimator
 
-        def restore(value):
-            if isinstance(value, dict):
-                if "__array__" in value:
-                    array = archive[value["__array__"]]
-                    if value.get("on_backend") and target is not None:
-                        return to_namespace(array, target)
-                    return array
-                if "__backend__" in value:
-                    return target
-                if "__dict__" in value:
-                    return {k: restore(v) for k, v in value["__dict__"].items()}
-                if "__list__" in value:
-                    return [restore(v) for v in value["__list__"]]
-                if "__tuple__" in value:
-                    return tuple(restore(v) for v in value["__tuple__"])
-            return value
 
-        for attribute, value in header["state"].items():
-            setattr(estimator, attribute, restore(value))
+def _member(archive, name):
+    """The archive member ``name`` (a string naming an existing member)."""
+    if not isinstance(name, str) or name not in archive.files:
+        raise _Damaged(f"the header refers to a missing array {name!r}")
+    try:
+        return archive[name]
+    except ValueError as error:  # e.g. an object array, which would need pickle
+        raise _Damaged(f"its member {name!r} cannot be read without pickle ({error})") from None
+
+
+def _shape(array):
+    return tuple(int(s) for s in getattr(array, "shape", ()))
+
+
+def _check_state(estimator):
+    """The fitted arrays must fit together (a tampered file could pair any arrays)."""
+    name = type(estimator).__name__
+    try:
+        estimator._check_fitted()
+    except AttributeError:
+        raise _Damaged(f"it holds an unfitted {name} (no fitted factors)") from None
+    if name == "DeepMatrixCompleter":
+        left, inner, right = estimator.left_factor_, estimator.inner_factors_, estimator.right_factor_
+        if not isinstance(inner, list):
+            raise _Damaged("inner_factors_ is not a list")
+        chain = [left, *reversed(inner), right]
+        shapes = [_shape(a) for a in chain]
+        if any(len(s) != 2 for s in shapes):
+            raise _Damaged(f"the factors have shapes {shapes}, not matrices")
+        widths_ok = all(shapes[i][1] == shapes[i + 1][0] for i in range(1, len(shapes) - 2))
+        widths_ok = widths_ok and shapes[0][1] == (shapes[1][0] if inner else shapes[-1][1])
+        widths_ok = widths_ok and (not inner or shapes[-2][1] == shapes[-1][1])
+        shape = getattr(estimator, "shape_", None)
+        if not widths_ok or not isinstance(shape, tuple) or shape != (shapes[0][0], shapes[-1][0]):
+            raise _Damaged(f"the factors' shapes {shapes} do not multiply to shape_ {shape!r}")
+    elif name == "RatingsCompleter":
+        users, items = _shape(estimator.user_ids_), _shape(estimator.item_ids_)
+        rows, cols = _shape(estimator.row_factors_), _shape(estimator.column_factors_)
+        expected = {"user_bias_": users, "item_bias_": items}
+        if (len(users) != 1 or len(items) != 1 or len(rows) != 2 or len(cols) != 2
+                or rows[0] != users[0] or cols[0] != items[0] or rows[1] != cols[1]
+                or any(_shape(getattr(estimator, k)) != v for k, v in expected.items())):
+            raise _Damaged(f"its factors ({rows}, {cols}), biases and ids ({users}, {items}) "
+                           "do not fit together")
+        observed = getattr(estimator, "_observed", None)
+        if not (isinstance(observed, tuple) and len(observed) == 2
+                and all(isinstance(a, np.ndarray) and a.dtype.kind in "iu" for a in observed)
+                and observed[0].shape == observed[1].shape
+                and (observed[0].size == 0 or (observed[0].min() >= 0 and observed[0].max() < users[0]
+                                               and observed[1].min() >= 0
+                                               and observed[1].max() < items[0]))):
+            raise _Damaged("its observed pairs are missing or do not match the ids")
+        low_high = getattr(estimator, "rating_range_", None)
+        if not (isinstance(low_high, tuple) and len(low_high) == 2
+                and all(isinstance(v, float) for v in low_high)):
+            raise _Damaged(f"rating_range_ is {low_high!r}, not a pair of floats")
+    for attribute in ("left_factor_", "right_factor_", "row_factors_", "column_factors_",
+                      "user_bias_", "item_bias_"):
+        if hasattr(estimator, attribute) and to_numpy(getattr(estimator, attribute)).dtype.kind != "f":
+            raise _Damaged(f"{attribute} does not hold floating-point numbers")
+
+
+def _load(archive, path, backend, device, expected):
+    header = _read_header(archive, path)
+    classes = _estimator_classes()
+    name = header["class"]
+    if name not in classes:
+        raise ValueError(f"{path} holds an unknown estimator class {name!r}.")
+    cls = classes[name]
+    if expected is not None and cls is not expected:
+        raise ValueError(f"{path} holds a {name}; load it with {name}.load(path).")
+    params = {k: _param_from_json(v) for k, v in header["params"].items()}
+    unknown = sorted(set(params) - set(cls._get_param_names()))
+    if unknown:
+        raise _Damaged(f"it sets parameters {unknown} that {name} does not have")
+    has_backend = "backend" in params
+    if (backend is not None or device is not None) and not has_backend:
+        raise ValueError(f"{name} runs on NumPy only; load it without backend or device.")
+    saved = header["state"].get("backend_")
+    target = None
+    if saved is not None and not (isinstance(saved, dict) and "__backend__" in saved):
+        raise _Damaged(f"its backend_ entry is {saved!r}")
+    if saved is not None:
+        name_ = backend or saved["__backend__"]
+        if device is None and name_ == saved["__backend__"]:
+            device = None if name_ == "numpy" else saved["device"]
+        if name_ == "cupy" and isinstance(device, str) and device.isdigit():
+            device = int(device)
+        if name_ not in ("numpy", "torch", "cupy"):
+            raise ValueError(f'backend must be "numpy", "torch" or "cupy"; got {name_!r}.')
+        try:
+            target = Backend(name_, device)
+        except RuntimeError as error:
+            raise ValueError(f"cannot place the saved model on backend={name_!r}, "
+                             f"device={device!r} ({error}); pass backend='numpy' or "
+                             "device='cpu' to load it elsewhere.") from None
+        if backend is not None:
+            params["backend"] = backend
+        if backend is not None or device is not None:
+            params["device"] = None if target.name == "numpy" else str(target.device)
+    estimator = cls(**params)
+
+    def restore(value):
+        if isinstance(value, dict):
+            if "__array__" in value:
+                array = _member(archive, value["__array__"])
+                if value.get("on_backend") and target is not None:
+                    return to_namespace(array, target)
+                return array
+            if "__backend__" in value:
+                return target
+            if "__dict__" in value:
+                return {k: restore(v) for k, v in value["__dict__"].items()}
+            if "__list__" in value:
+                return [restore(v) for v in value["__list__"]]
+            if "__tuple__" in value:
+                return tuple(restore(v) for v in value["__tuple__"])
+        return value
+
+    for attribute, value in header["state"].items():
+        setattr(estimator, attribute, restore(value))
     return estimator

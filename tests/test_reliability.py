@@ -1,5 +1,6 @@
 """Reliability (issue 13): scikit-learn's NotFittedError and scale-safe initialization."""
 
+import re
 import runpy
 import sys
 import warnings
@@ -189,3 +190,124 @@ def test_score_and_recovery_error_of_a_huge_fit(reference_fit):
             M * 1e300, mask, ground_truth=M * 1e300)
     assert np.all(np.isfinite(model.history_["recovery_error"]))
     assert np.isfinite(model.score(M * 1e300, mask)) and model.score(M * 1e300, mask) < 0
+
+
+# -- damaged model files --------------------------------------------------------
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    M, mask = _low_rank(shape=(12, 10))
+    _fit(M, mask, max_iter=10).save(folder / "dmc.npz")
+    users, items, ratings = _ratings()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        RatingsCompleter(rank=2, max_iter=10, random_state=0).fit(users, items, ratings).save(
+            folder / "ratings.npz")
+    return folder
+
+
+def _members(path):
+    with np.load(path, allow_pickle=False) as archive:
+        return {name: archive[name] for name in archive.files}
+
+
+def _rewrite(path, members, header=None):
+    import json
+
+    members = dict(members)
+    if header is not None:
+        members["__dmc__"] = np.array(json.dumps(header))
+    with open(path, "wb") as file:
+        np.savez(file, **members)
+    return path
+
+
+def _loads_or_says_damaged(cls, path):
+    """Loading either works (then the model predicts) or raises one clear ValueError."""
+    try:
+        model = cls.load(path)
+    except ValueError as error:
+        assert str(path) in str(error) or "backend" in str(error), error
+        return False
+    model.predict([0], [0])
+    return True
+
+
+def test_truncated_and_bit_flipped_model_files(saved_models, tmp_path):
+    # were: BadZipFile, EOFError, KeyError, tokenize.TokenError escaping load()
+    for cls, name in ((DeepMatrixCompleter, "dmc.npz"), (RatingsCompleter, "ratings.npz")):
+        data = (saved_models / name).read_bytes()
+        bad = tmp_path / "bad.npz"
+        for cut in np.linspace(0, len(data) - 1, 40).astype(int):
+            bad.write_bytes(data[:cut])
+            assert not _loads_or_says_damaged(cls, bad)
+        rng = np.random.default_rng(0)
+        for position in rng.integers(0, len(data), 60):
+            flipped = bytearray(data)
+            flipped[position] ^= 1 << int(rng.integers(8))
+            bad.write_bytes(bytes(flipped))
+            _loads_or_says_damaged(cls, bad)
+
+
+def test_tampered_model_files_say_what_is_wrong(saved_models, tmp_path):
+    import json
+
+    members = _members(saved_models / "dmc.npz")
+    header = json.loads(str(members["__dmc__"]))
+    array_name = next(k for k in members if k != "__dmc__")
+
+    def edited(**changes):
+        return {**header, **changes}
+
+    cases = {
+        "not valid JSON": {**members, "__dmc__": np.array("{not json")},
+        "not an object": {**members, "__dmc__": np.array("[1, 2]")},
+        "int64 array of shape": {**members, "__dmc__": np.array(5)},
+        "format_version is '2'": edited(format_version="2"),
+        "no 'params' dict": edited(params=[1]),
+        "no 'state' dict": edited(state=[1]),
+        "no 'class' str": edited(**{"class": 5}),
+        "parameters ['bogus']": edited(params={**header["params"], "bogus": 1}),
+        "missing array 'nope'": edited(state={**header["state"], "left_factor_": {"__array__": "nope"}}),
+        "do not multiply to shape_": edited(state={**header["state"], "shape_": {"__tuple__": [3, 3]}}),
+        "inner_factors_ is not a list": edited(state={**header["state"], "inner_factors_": 5}),
+        "unfitted": edited(state={k: v for k, v in header["state"].items() if k != "left_factor_"}),
+        "cannot be read without pickle": {**members, array_name: np.array([None, 1], dtype=object)},
+        "Upgrade dmc": edited(format_version=99),
+    }
+    for expected, change in cases.items():
+        path = tmp_path / "tampered.npz"
+        if "__dmc__" in change:
+            _rewrite(path, change)
+        else:
+            _rewrite(path, members, change)
+        with pytest.raises(ValueError, match=re.escape(expected)) as info:
+            DeepMatrixCompleter.load(path)
+        assert str(path) in str(info.value)
+
+    ratings = _members(saved_models / "ratings.npz")
+    header = json.loads(str(ratings["__dmc__"]))
+    for expected, state in {
+        "do not fit together": {**header["state"], "user_bias_": header["state"]["item_bias_"]},
+        "rating_range_ is 5": {**header["state"], "rating_range_": 5},
+    }.items():
+        path = _rewrite(tmp_path / "tampered.npz", ratings, {**header, "state": state})
+        with pytest.raises(ValueError, match=expected):
+            RatingsCompleter.load(path)
+
+
+def test_loading_never_unpickles(saved_models, tmp_path, monkeypatch):
+    import pickle
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("load() unpickled something")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    members = _members(saved_models / "dmc.npz")
+    path = tmp_path / "pickled.npz"
+    with open(path, "wb") as file:  # a member that only pickle could read
+        np.savez(file, **{**members, "left_factor_": np.array([{"x": 1}], dtype=object)})
+    with pytest.raises(ValueError, match="without pickle"):
+        DeepMatrixCompleter.load(path)
+    assert DeepMatrixCompleter.load(saved_models / "dmc.npz").shape_ == (12, 10)
