@@ -18,7 +18,6 @@ the suite's time is fixed in CI.
 import warnings
 
 import numpy as np
-import pytest
 import scipy.sparse as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
