@@ -84,6 +84,12 @@ def _norm(x, xp):
     return xp.sqrt(xp.sum(x * x))
 
 
+def _tiny(x, xp):
+    """The smallest normal number of ``x``'s dtype: a guard against division by
+    zero that does not round to 0 in float32 (as 1e-300 would)."""
+    return float(xp.finfo(x.dtype).tiny)
+
+
 def _smallest(values, xp):
     return functools.reduce(xp.minimum, values)
 
@@ -135,7 +141,7 @@ def _top_singular_value(C, vector, xp, iterations=2):
     """
     for _ in range(iterations):
         w = C.T @ (C @ vector)
-        vector = w / (_norm(w, xp) + 1e-300)
+        vector = w / (_norm(w, xp) + _tiny(w, xp))
     return _norm(C @ vector, xp), vector
 
 
@@ -187,12 +193,12 @@ class RelativeStep:
 
     def _scalar_step(self, factors, grads, state):
         context, xp = state["context"], state["context"].xp
-        ratios = [_norm(w, xp) / (_norm(g, xp) + 1e-300)
+        ratios = [_norm(w, xp) / (_norm(g, xp) + _tiny(g, xp))
                   for w, g in zip(factors.inner, grads.inner)]
         relative = self.tau * _smallest(ratios, xp)
         product = functools.reduce(lambda acc, w: w @ acc, factors.inner[1:], factors.inner[0])
         sigma, state["vector"] = _top_singular_value(product, state["vector"], xp)
-        stable = context.lr * (context.target_scale / (sigma + 1e-300)) ** state["exponent"]
+        stable = context.lr * (context.target_scale / (sigma + _tiny(product, xp))) ** state["exponent"]
         return xp.minimum(xp.maximum(relative, context.lr), stable)
 
     def update(self, factors, grads, state):
@@ -298,7 +304,7 @@ class PreconditionedStep:
             d = xp.linalg.solve(left_grams[l] + lam_left * eye, grad)
             d = xp.linalg.solve(right_grams[l] + lam_right * eye, d.T).T
             directions.append(d)
-        ratios = [_norm(w, xp) / (_norm(d, xp) + 1e-300) for w, d in zip(inner, directions)]
+        ratios = [_norm(w, xp) / (_norm(d, xp) + _tiny(d, xp)) for w, d in zip(inner, directions)]
         eta = xp.minimum(self.tau * _smallest(ratios, xp), state["eta_max"])
         state["eta"] = eta
 

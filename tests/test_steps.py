@@ -226,3 +226,16 @@ def test_constant_rule_history_records_lr():
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.fit(M, mask)
     np.testing.assert_array_equal(model.history_["step_size"], model.lr_)
+
+
+@pytest.mark.filterwarnings("ignore::dmc.ConvergenceWarning")
+@pytest.mark.parametrize("rule", ["adaptive", "preconditioned"])
+def test_float32_tiny_gradients_do_not_divide_by_zero(rule):
+    # float32, no normalization, depth 4 from eps = 1e-3 on data of size 1e-12:
+    # the gradients underflow to exact zeros; the rules' guards must not
+    # (a 1e-300 guard is 0 in float32: 0 / 0, a RuntimeWarning, an error here)
+    M, mask = make_low_rank((20, 20), 2, 0.6, random_state=0)
+    model = DeepMatrixCompleter(rank=2, depth=4, step_rule=rule, normalize=False, dtype="float32",
+                                max_iter=30, random_state=0).fit((M * 1e-12).astype(np.float32), mask)
+    assert np.all(np.isfinite(model.history_["step_size"]))
+    assert np.all(np.isfinite(model.transform()))
