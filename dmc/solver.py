@@ -276,10 +276,14 @@ def gradient_descent(
                 loss_value = _as_float(loss)  # the only host synchronisation
                 first_loss = loss_value if first_loss is None else first_loss
                 if not math.isfinite(loss_value) or loss_value > 1e8 * max(first_loss, 1e-300):
+                    advice = ("use a smaller lr" if isinstance(step_rule, ConstantStep) else
+                              'use step_rule="constant" or a smaller lr (adaptive steps can '
+                              "overshoot where a few observed entries per row or column make "
+                              "the loss much sharper than lr assumes)")
                     raise DivergenceError(
                         f"training diverged at step {iteration} (loss {loss_value:.3g}, "
-                        f"initially {first_loss:.3g}); use a smaller lr (the step size "
-                        f"used was {_as_float(step_rule.step_size(rule_state)):.3g})."
+                        f"initially {first_loss:.3g}); {advice}. The step size used was "
+                        f"{_as_float(step_rule.step_size(rule_state)):.3g}."
                     )
                 record = {"iteration": iteration,
                           "time": time.perf_counter() - start_time - evaluation_seconds,

@@ -298,5 +298,7 @@ def test_large_pattern_fit_matches_scipy_kernels(monkeypatch):
     fits = {}
     for kernels in ("numba", "scipy"):
         monkeypatch.setenv("DMC_KERNELS", kernels)
-        fits[kernels] = _fit(M, rank=3, max_iter=300, record_every=50)
+        # constant steps: this compares kernels (the adaptive rule diverges on
+        # this pattern, 4 entries per column: a known limit, see docs/choosing-parameters.md)
+        fits[kernels] = _fit(M, rank=3, max_iter=300, record_every=50, step_rule="constant")
     assert _relative_gap(fits["numba"].history_["train_loss"], fits["scipy"].history_["train_loss"]) <= 1e-10
