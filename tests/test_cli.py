@@ -198,7 +198,10 @@ def test_ctrl_c_exits_130(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "dmc", "demo", "--shape", "100", "100", "--rank", "3", "--max-iter", "10000000",
          "--tol", "0", "--record-every", "10", "--print-every", "10", "--no-plot"],
-        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # as in a terminal: a runner started in the background (SIGINT ignored,
+        # which children inherit) must not make the command deaf to Ctrl-C
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         first = ""
         deadline = time.monotonic() + 120
