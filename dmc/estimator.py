@@ -9,8 +9,8 @@ import numpy as np
 
 from . import models, steps, subspace
 from ._base import BaseCompleter, check_callbacks, check_verbose, is_int, is_real, solver_callbacks
-from .backend import (compute_threads, dtype_name, make_pattern, observed_triplets, resolve_backend, to_namespace,
-                      to_numpy)
+from .backend import (compute_threads, dtype_name, make_pattern, observed_triplets,
+                      resolve_backend, to_namespace, to_numpy)
 from .datasets import _rng
 from .exceptions import not_fitted
 from .metrics import recovery_error, rmse
@@ -272,7 +272,7 @@ class DeepMatrixCompleter(BaseCompleter):
         if not is_real(self.gamma) or not self.gamma >= 0 or not np.isfinite(self.gamma):
             raise ValueError(f"gamma must be a number >= 0; got {self.gamma!r}.")
         if self.step_rule != "auto":
-            rule = steps.make_step_rule(self.step_rule)
+            rule = self._step_rule()
             if self.method != "compressed" and not isinstance(rule, steps.ConstantStep):
                 raise ValueError(
                     f'step_rule={self.step_rule!r} applies to method="compressed" only; the '

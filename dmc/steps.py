@@ -44,8 +44,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from array_api_compat import device
 
 from ._base import is_real
+from .models import inner_product
 
 __all__ = ["StepContext", "ConstantStep", "RelativeStep", "PreconditionedStep", "Momentum",
            "make_step_rule", "STEP_RULES"]
@@ -196,7 +198,7 @@ class RelativeStep:
         ratios = [_norm(w, xp) / (_norm(g, xp) + _tiny(g, xp))
                   for w, g in zip(factors.inner, grads.inner)]
         relative = self.tau * _smallest(ratios, xp)
-        product = functools.reduce(lambda acc, w: w @ acc, factors.inner[1:], factors.inner[0])
+        product = inner_product(factors.inner)
         sigma, state["vector"] = _top_singular_value(product, state["vector"], xp)
         stable = context.lr * (context.target_scale / (sigma + _tiny(product, xp))) ** state["exponent"]
         return xp.minimum(xp.maximum(relative, context.lr), stable)
@@ -276,20 +278,19 @@ class PreconditionedStep:
         dampings = [self.damping * context.target_scale ** (2.0 * d / depth)
                     for d in range(depth + 1)]
         eta_max = self.newton / (depth * context.observed_fraction)
-        return {"context": context, "dampings": dampings, "eta_max": eta_max, "eta": eta_max}
+        k, first = factors.inner[0].shape[0], factors.inner[0]
+        eye = context.xp.eye(k, dtype=first.dtype, device=device(first))
+        return {"context": context, "dampings": dampings, "eta_max": eta_max, "eta": eta_max,
+                "eye": eye}
 
     def update(self, factors, grads, state):
         context, xp = state["context"], state["context"].xp
-        dampings = state["dampings"]
+        dampings, eye = state["dampings"], state["eye"]
         inner, depth = factors.inner, len(factors.inner)
-        k = inner[0].shape[0]
-        eye = xp.eye(k, dtype=inner[0].dtype)
-        if hasattr(inner[0], "device") and not isinstance(inner[0], np.ndarray):
-            eye = xp.asarray(eye, device=inner[0].device)
         left_gram = factors.left.T @ factors.left
         right_gram = factors.right.T @ factors.right
 
-        # prefix[l] = W_l ... W_1 applied to right^T: Gram of S_l = W_{l-1}..W_1 right^T
+        # right_grams[l]: Gram S_l S_l^T of S_l = W_{l-1} .. W_1 right^T
         right_grams = [right_gram]
         for w in inner[:-1]:
             right_grams.append(w @ right_grams[-1] @ w.T)
@@ -309,9 +310,7 @@ class PreconditionedStep:
         state["eta"] = eta
 
         # outer factors: X = left (C right^T) and X = (left C) right^T
-        product_right = inner[0]
-        for w in inner[1:]:
-            product_right = w @ product_right
+        product_right = inner_product(inner)
         outer_left_gram = product_right @ right_gram @ product_right.T
         outer_right_gram = product_right.T @ left_gram @ product_right
         lam = dampings[depth]
