@@ -42,6 +42,7 @@ import numpy as np
 
 from . import models, subspace
 from ._base import BaseCompleter, check_callbacks, check_verbose, is_int, is_real, solver_callbacks
+from ._early_stopping import EarlyStopping, validation_split
 from .backend import compute_threads, make_pattern
 from .datasets import _rng
 from .exceptions import not_fitted
@@ -435,14 +436,7 @@ class RatingsCompleter(BaseCompleter):
         self._observed = (rows, cols)  # for recommend(exclude_observed=True)
 
         rng = _rng(self.random_state)
-        train = np.ones(ratings.size, dtype=bool)
-        if self.validation_fraction > 0:
-            n_validation = int(round(self.validation_fraction * ratings.size))
-            if n_validation < 1 or n_validation >= ratings.size:
-                raise ValueError(f"validation_fraction={self.validation_fraction} leaves no "
-                                 f"{'validation' if n_validation < 1 else 'training'} ratings "
-                                 f"out of {ratings.size}.")
-            train[rng.choice(ratings.size, n_validation, replace=False)] = False
+        train = validation_split(ratings.size, self.validation_fraction, rng, what="ratings")
         initial_state = rng.bit_generator.state
         fitted, result, best_iter = self._train(
             shape, rows, cols, ratings, train, rng, start, max_iter=self.max_iter,
@@ -546,7 +540,6 @@ class RatingsCompleter(BaseCompleter):
 
         validation = ~train
         v_rows, v_cols, v_values = rows[validation], cols[validation], ratings[validation]
-        best = {"rmse": np.inf, "iter": 0, "state": None, "since": 0}
         low, high = self.rating_range_
 
         def validation_rmse(s):
@@ -557,18 +550,12 @@ class RatingsCompleter(BaseCompleter):
                 np.clip(pred, low, high, out=pred)
             return rmse(pred, v_values)
 
-        def early_stopping(record, s):
-            current = record["validation_rmse"]
-            if current < best["rmse"]:
-                best.update(rmse=current, iter=record["iteration"], state=s.copy(), since=0)
-                return False
-            best["since"] += 1
-            return best["since"] >= self.n_iter_no_change
+        stopper = EarlyStopping("validation_rmse", self.n_iter_no_change)
 
         metrics, callbacks = {}, list(callbacks)
         if validation.any():
             metrics["validation_rmse"] = validation_rmse
-            callbacks.insert(0, early_stopping)
+            callbacks.insert(0, stopper)
         outer = self.gamma * lr
         step_sizes = [outer] + [lr] * L + [outer, 1.0, 1.0]
         with warnings.catch_warnings(), compute_threads("numpy"):
@@ -578,8 +565,8 @@ class RatingsCompleter(BaseCompleter):
                 observed_norm=float(np.linalg.norm(values)), record_every=self.record_every,
                 metrics=metrics, callbacks=callbacks, loss_unit=scale**2, start_time=start,
                 verbose=int(self.verbose))
-        if best["state"] is not None:
-            state, best_iter = best["state"], best["iter"]
+        if stopper.best_state is not None:
+            state, best_iter = stopper.best_state, stopper.best_iter
             if result.stop_reason == "max_iter":
                 warnings.warn(
                     f"validation RMSE still improved within the last {self.n_iter_no_change} "
