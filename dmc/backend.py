@@ -427,7 +427,6 @@ class NumbaPattern:
         chunk_rows[0], chunk_rows[-1] = 0, obs.shape[0]
         self.chunk_rows = np.maximum.accumulate(chunk_rows).astype(np.int64)
         self._buffers = {}
-        self._residual = None  # the serial row-major kernel's residual buffer
         self._obs = obs
         self._tiled = None  # decided at the first step, when the width k is known
 
@@ -506,11 +505,8 @@ class NumbaPattern:
             loss = kernel(self._tile_chunk_ptr, self._segment_rows, self._segment_ptr,
                           self._tiled_cols, tiled_values, A, B, row_out, col_parts, self.chunk_rows)
         else:
-            if self._residual is None or self._residual.dtype != row_out.dtype:
-                self._residual = np.empty(self.cols.shape[0], row_out.dtype)
             loss = kernels.fused_products_serial(
-                self.chunk_rows, self.indptr, self.cols, values, A, B, self._residual, row_out,
-                col_parts)
+                self.chunk_rows, self.indptr, self.cols, values, A, B, row_out, col_parts)
         col_out = col_parts[0].copy() if col_parts.shape[0] == 1 else col_parts.sum(axis=0)
         return loss, row_out.copy(), col_out
 
