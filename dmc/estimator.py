@@ -15,6 +15,7 @@ from .datasets import _rng
 from .exceptions import not_fitted
 from .metrics import recovery_error, rmse
 from .observations import Observations
+from .refresh import SubspaceRefresh
 from .solver import gradient_descent
 
 __all__ = ["DeepMatrixCompleter"]
@@ -124,6 +125,16 @@ class DeepMatrixCompleter(BaseCompleter):
         (``"auto"`` for ``"original"`` and ``"narrow"``).  An object with
         ``init``, ``update`` and ``step_size`` methods is used as given.
         The step taken is recorded in ``history_["step_size"]``.
+    refresh_every : "auto", int or None, default="auto"
+        Steps between subspace refreshes (:mod:`dmc.refresh`, compressed
+        model only): the inner chain is rebalanced and directions that never
+        grew are re-aimed at the top singular pairs of the current residual,
+        which is where gradient descent from a tiny start would grow the next
+        direction; on matrices whose small singular directions the initial
+        gradient misses, this replaces a plateau per direction.  ``"auto"``:
+        every 300 steps with ``step_rule="preconditioned"``, never otherwise
+        (with the adaptive rule it was measured not to help).  ``None``:
+        never.
     width : int, optional
         Width of the ``"original"`` model; default ``max(m, n)``.
     normalize : bool, default=True
@@ -226,7 +237,7 @@ class DeepMatrixCompleter(BaseCompleter):
     _backend_state = ("left_factor_", "inner_factors_", "right_factor_")
 
     def __init__(self, rank=10, *, depth=3, method="compressed", init_scale=1e-3,
-                 lr="auto", gamma=0.01, step_rule="auto", width=None, normalize=True, max_iter=20000,
+                 lr="auto", gamma=0.01, step_rule="auto", refresh_every="auto", width=None, normalize=True, max_iter=20000,
                  tol=1e-7, record_every=10, callbacks=None, verbose=0,
                  backend="auto", device=None, dtype=None, random_state=None):
         self.rank = rank
@@ -236,6 +247,7 @@ class DeepMatrixCompleter(BaseCompleter):
         self.lr = lr
         self.gamma = gamma
         self.step_rule = step_rule
+        self.refresh_every = refresh_every
         self.width = width
         self.normalize = normalize
         self.max_iter = max_iter
@@ -277,6 +289,13 @@ class DeepMatrixCompleter(BaseCompleter):
                 raise ValueError(
                     f'step_rule={self.step_rule!r} applies to method="compressed" only; the '
                     f'{self.method} model trains with step_rule="constant" (or "auto").')
+        if not (self.refresh_every in ("auto", None)
+                or (is_int(self.refresh_every) and self.refresh_every >= 1)):
+            raise ValueError(f'refresh_every must be "auto", None or a positive integer; got '
+                             f"{self.refresh_every!r}.")
+        if self.method != "compressed" and self.refresh_every not in ("auto", None):
+            raise ValueError(f'refresh_every applies to method="compressed" only; got '
+                             f"refresh_every={self.refresh_every!r} with method={self.method!r}.")
         if not isinstance(self.normalize, (bool, np.bool_)):
             raise TypeError(f"normalize must be True or False; got {self.normalize!r}.")
         if self.width is not None and (not is_int(self.width) or self.width < 1):
@@ -407,6 +426,11 @@ class DeepMatrixCompleter(BaseCompleter):
             def loss_and_gradients(f):
                 return models.sparse_loss_and_gradients(f, pattern, values)
 
+        every = self._refresh_every(rule)
+        refresh = None if every is None else SubspaceRefresh(
+            lambda A, B: pattern.residual_products(A, B, values), backend.xp, every=every,
+            random_state=rng)
+
         metrics = {}
         if ground_truth is not None:
             truth = to_namespace(ground_truth, backend, dtype) / scale
@@ -421,7 +445,7 @@ class DeepMatrixCompleter(BaseCompleter):
                 tol=self.tol, observed_norm=float(np.linalg.norm(obs.values)),
                 record_every=self.record_every, metrics=metrics,
                 callbacks=solver_callbacks(self.callbacks), loss_unit=scale * scale,  # inf (not OverflowError) past 1e154
-                start_time=start, verbose=int(self.verbose),
+                start_time=start, verbose=int(self.verbose), refresh=refresh,
             )
         self.shape_ = obs.shape
         self.backend_ = backend
@@ -444,6 +468,15 @@ class DeepMatrixCompleter(BaseCompleter):
             return steps.make_step_rule(self.step_rule)
         return steps.make_step_rule(_DEFAULT_STEP_RULE if self.method == "compressed"
                                     else "constant")
+
+    def _refresh_every(self, rule):
+        """Steps between subspace refreshes in this fit, or None."""
+        if self.method != "compressed":
+            return None
+        if self.refresh_every == "auto":
+            inner = rule.rule if isinstance(rule, steps.Momentum) else rule
+            return 300 if isinstance(inner, steps.PreconditionedStep) else None
+        return self.refresh_every
 
     # -- using the fit -------------------------------------------------------
     def _check_fitted(self):

@@ -209,6 +209,7 @@ def gradient_descent(
     loss_unit=1.0,
     start_time=None,
     verbose=0,
+    refresh=None,
 ):
     """Run gradient descent ``f <- f - step * grad f`` factor by factor.
 
@@ -252,6 +253,12 @@ def gradient_descent(
         initialization time is included); default now.
     verbose : int
         0: silent; 1: progress bar; 2: a line per record (module docstring).
+    refresh : callable, optional
+        ``factors -> int`` with an ``every`` attribute, e.g.
+        :class:`dmc.refresh.SubspaceRefresh`: called before every
+        ``every``-th step, it may rewrite the factors in place and returns
+        how many directions it changed; the step rule then starts afresh
+        (its state, such as momentum, belongs to the old factors).
 
     Returns
     -------
@@ -270,6 +277,9 @@ def gradient_descent(
     iteration = 0
     with _deferred_interrupt() as interrupt, _progress(verbose, max_iter) as progress:
         while True:
+            if refresh is not None and iteration and iteration % refresh.every == 0:
+                if refresh(factors):
+                    rule_state = step_rule.init(factors, context)
             loss, grads = loss_and_gradients(factors)
             updates, rule_state = step_rule.update(factors, grads, rule_state)
             if (iteration % record_every == 0 or iteration == max_iter or interrupt["set"]):

@@ -259,9 +259,12 @@ class PreconditionedStep:
         Step of the preconditioned outer factors relative to the inner ones.
     tau : float, default=0.2
         Bound on the relative change of the inner factors per step.
+    outer_damping : float, optional
+        ``damping`` for the outer factors' preconditioner (default: the same
+        as ``damping``).
     """
 
-    def __init__(self, damping=1e-2, newton=0.5, outer=0.3, tau=0.2):
+    def __init__(self, damping=1e-2, newton=0.5, outer=0.3, tau=0.2, outer_damping=None):
         for name, value, low, high in (("damping", damping, 0, math.inf),
                                        ("newton", newton, 0, 2), ("outer", outer, 0, 2),
                                        ("tau", tau, 0, 1)):
@@ -269,6 +272,10 @@ class PreconditionedStep:
                 raise ValueError(f"{name} must be a number in ({low}, {high}); got {value!r}.")
         self.damping, self.newton, self.outer, self.tau = (float(damping), float(newton),
                                                             float(outer), float(tau))
+        if outer_damping is not None and not (is_real(outer_damping) and outer_damping > 0):
+            raise ValueError(f"outer_damping must be a positive number or None; got "
+                             f"{outer_damping!r}.")
+        self.outer_damping = self.damping if outer_damping is None else float(outer_damping)
 
     def init(self, factors, context):
         depth = len(factors.inner)
@@ -276,7 +283,7 @@ class PreconditionedStep:
             raise ValueError("PreconditionedStep needs at least one inner factor.")
         # lambda for a product of d inner factors, d = 0 .. depth
         dampings = [self.damping * context.target_scale ** (2.0 * d / depth)
-                    for d in range(depth + 1)]
+                    for d in range(depth)] + [self.outer_damping * context.target_scale ** 2]
         eta_max = self.newton / (depth * context.observed_fraction)
         k, first = factors.inner[0].shape[0], factors.inner[0]
         eye = context.xp.eye(k, dtype=first.dtype, device=device(first))

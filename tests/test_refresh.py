@@ -1,0 +1,182 @@
+"""Subspace refresh (dmc.refresh), each piece against an independent reference.
+
+- ``rebalance`` keeps the end-to-end product (checked against the dense
+  product before) and balances the chain.
+- ``residual_top_pairs`` matches numpy's dense SVD of the residual.
+- ``SubspaceRefresh`` puts the residual's top pairs, signed to grow, in the
+  never-grown columns and leaves the product unchanged up to those columns'
+  tiny contribution; the solver restarts the step rule after a refresh.
+- On a small ill-conditioned problem whose smallest direction the initial
+  gradient misses, the preconditioned rule stalls without refresh and
+  recovers with it.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dmc import DeepMatrixCompleter, models, steps
+from dmc.backend import make_pattern, observed_triplets
+from dmc.datasets import make_low_rank
+from dmc.refresh import SubspaceRefresh, rebalance, residual_top_pairs
+from dmc.solver import ConvergenceWarning, gradient_descent
+
+
+def _dense_residual(obs, A, B):
+    R = np.zeros(obs.shape)
+    R[obs.observed_rows, obs.observed_cols] = (A @ B.T)[obs.observed_rows, obs.observed_cols] - obs.values
+    return R
+
+
+@settings(max_examples=15, deadline=None)
+@given(depth=st.integers(1, 4), k=st.integers(1, 6), seed=st.integers(0, 10_000))
+def test_rebalance_keeps_the_product_and_balances(depth, k, seed):
+    rng = np.random.default_rng(seed)
+    factors = models.DeepFactors(rng.standard_normal((9, k)),
+                                 [rng.standard_normal((k, k)) for _ in range(depth)],
+                                 rng.standard_normal((7, k)))
+    before = models.end_to_end(factors)
+    left, inner, right, s = rebalance(factors, np)
+    after = models.end_to_end(models.DeepFactors(left, inner, right))
+    np.testing.assert_allclose(after, before, rtol=1e-9, atol=1e-9 * np.abs(before).max())
+    np.testing.assert_allclose(s, np.linalg.svd(models.inner_product(factors.inner),
+                                                compute_uv=False), rtol=1e-10)
+    for w in inner:  # every inner factor diag(s ** (1 / depth))
+        np.testing.assert_allclose(w, np.diag(s ** (1.0 / depth)), atol=1e-12)
+
+
+@pytest.mark.parametrize("kernels", ["scipy", "numba"])
+def test_residual_top_pairs_match_dense_svd(kernels):
+    if kernels == "numba":
+        pytest.importorskip("numba")
+    M, mask = make_low_rank((60, 45), 4, 0.5, random_state=0)
+    obs, _ = observed_triplets(M, mask)
+    pattern = make_pattern(obs, np.float64, kernels=kernels)
+    rng = np.random.default_rng(1)
+    A, B = 0.3 * rng.standard_normal((60, 3)), 0.3 * rng.standard_normal((45, 3))
+    u, s, v = residual_top_pairs(lambda a, b: pattern.residual_products(a, b, obs.values),
+                                 A, B, 2, np.random.default_rng(2), np, n_iter=8)
+    U, S, Vt = np.linalg.svd(_dense_residual(obs, A, B))
+    np.testing.assert_allclose(s, S[:2], rtol=1e-6)
+    for i in range(2):  # the same pair up to a common sign
+        assert abs(u[:, i] @ U[:, i]) == pytest.approx(1.0, abs=1e-6)
+        assert (u[:, i] @ U[:, i]) * (v[:, i] @ Vt[i]) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_refresh_reaims_dead_directions_at_the_residual():
+    rng = np.random.default_rng(0)
+    M, mask = make_low_rank((50, 40), 3, 0.6, random_state=3)
+    obs, _ = observed_triplets(M, mask)
+    pattern = make_pattern(obs, np.float64)
+    k, depth = 6, 3
+    # two grown directions (singular values ~1) and four never grown (1e-9)
+    U = models.random_orthogonal(50, k, rng)
+    V = models.random_orthogonal(40, k, rng)
+    sizes = np.array([2.0, 1.0, 1e-9, 1e-9, 1e-9, 1e-9]) ** (1.0 / depth)
+    rotation = models.random_orthogonal(k, k, rng)
+    inner = [np.diag(sizes) for _ in range(depth - 1)] + [rotation @ np.diag(sizes)]
+    factors = models.DeepFactors(U, inner, V)
+    before = models.end_to_end(factors)
+    R = _dense_residual(obs, factors.left @ models.inner_product(factors.inner), factors.right)
+
+    refresh = SubspaceRefresh(lambda a, b: pattern.residual_products(a, b, obs.values), np,
+                              every=10, random_state=4)
+    assert refresh(factors) == 4
+    after = models.end_to_end(factors)
+    np.testing.assert_allclose(after, before, atol=1e-6 * np.abs(before).max())
+    live_left, new_left = factors.left[:, :2], factors.left[:, 2:]
+    live_right, new_right = factors.right[:, :2], factors.right[:, 2:]
+    # orthogonal to the live columns
+    assert np.abs(new_left.T @ live_left).max() < 1e-8 * np.abs(live_left).max()
+    assert np.abs(new_right.T @ live_right).max() < 1e-8 * np.abs(live_right).max()
+    # the leading new pair is the residual's top pair with the live part projected out
+    # (numpy's dense SVD as the reference), signed so that -R pulls its singular value up
+    top_u, _, top_vt = np.linalg.svd(R)
+    Ql, _ = np.linalg.qr(live_left)
+    Qr, _ = np.linalg.qr(live_right)
+    want_u = top_u[:, 0] - Ql @ (Ql.T @ top_u[:, 0])
+    want_v = top_vt[0] - Qr @ (Qr.T @ top_vt[0])
+    u0 = new_left[:, 0] / np.linalg.norm(new_left[:, 0])
+    v0 = new_right[:, 0] / np.linalg.norm(new_right[:, 0])
+    assert abs(u0 @ want_u) / np.linalg.norm(want_u) > 0.99
+    assert abs(v0 @ want_v) / np.linalg.norm(want_v) > 0.99
+    assert u0 @ R @ v0 < 0
+    # a chain with nothing dead is left alone
+    grown = models.DeepFactors(U.copy(), [np.eye(k) for _ in range(depth)], V.copy())
+    assert refresh(grown) == 0
+
+
+def test_solver_calls_refresh_every_n_steps_and_restarts_the_rule():
+    M, mask = make_low_rank((20, 15), 2, 0.6, random_state=0)
+    obs, _ = observed_triplets(M, mask)
+    pattern = make_pattern(obs, np.float64)
+    rng = np.random.default_rng(0)
+    factors = models.init_compressed(models.random_orthogonal(20, 4, rng),
+                                     models.random_orthogonal(15, 4, rng), 3, 0.1)
+    calls, inits = [], []
+
+    class Refresh:
+        every = 4
+
+        def __call__(self, f):
+            calls.append(1)
+            return len(calls) % 2  # changes the factors on every other call
+
+    class Rule(steps.ConstantStep):
+        def init(self, f, context):
+            inits.append(1)
+            return super().init(f, context)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gradient_descent(factors, lambda f: models.sparse_loss_and_gradients(f, pattern, obs.values),
+                         Rule([1e-4] * 5), max_iter=17, tol=0.0, observed_norm=1.0,
+                         refresh=Refresh())
+    assert len(calls) == 4  # before steps 4, 8, 12, 16
+    assert len(inits) == 1 + 2  # the start, and after the two refreshes that changed something
+
+
+@pytest.mark.filterwarnings("ignore::dmc.ConvergenceWarning")
+@pytest.mark.parametrize("seed", [0, 1])
+def test_refresh_recovers_the_direction_the_initial_gradient_misses(seed):
+    M, mask = make_low_rank((80, 60), 3, 0.4, condition_number=30, random_state=seed)
+    errors = {}
+    for every in (None, 100):
+        model = DeepMatrixCompleter(rank=6, step_rule="preconditioned", refresh_every=every,
+                                    max_iter=1500, tol=0, random_state=0)
+        model.fit(M, mask)
+        errors[every] = np.linalg.norm(model.transform() - M) / np.linalg.norm(M)
+    assert errors[None] > 1e-2  # stalled on the smallest direction's plateau
+    assert errors[100] < 1e-4
+
+
+def test_auto_refresh_follows_the_step_rule():
+    model = DeepMatrixCompleter()
+    assert model._refresh_every(steps.make_step_rule("preconditioned")) == 300
+    assert model._refresh_every(steps.make_step_rule("adaptive")) is None
+    assert DeepMatrixCompleter(refresh_every=50)._refresh_every(steps.make_step_rule("adaptive")) == 50
+    assert DeepMatrixCompleter(method="narrow")._refresh_every(
+        steps.make_step_rule("preconditioned")) is None
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "often", True])
+def test_refresh_every_validation(bad):
+    M, mask = make_low_rank((20, 20), 2, 0.5, random_state=0)
+    with pytest.raises(ValueError, match="refresh_every"):
+        DeepMatrixCompleter(rank=2, refresh_every=bad).fit(M, mask)
+
+
+def test_refresh_every_with_the_original_model_is_an_error():
+    M, mask = make_low_rank((20, 20), 2, 0.5, random_state=0)
+    with pytest.raises(ValueError, match="compressed"):
+        DeepMatrixCompleter(rank=2, method="original", refresh_every=100).fit(M, mask)
+
+
+def test_subspace_refresh_parameter_checks():
+    with pytest.raises(ValueError, match="every"):
+        SubspaceRefresh(lambda a, b: None, np, every=0)
+    with pytest.raises(ValueError, match="dead"):
+        SubspaceRefresh(lambda a, b: None, np, dead=1.5)
