@@ -235,8 +235,11 @@ class PreconditionedStep:
     so directions with sigma_1 / kappa converge as fast as sigma_1: the
     step count no longer grows like kappa.  Directions still far below the
     damping move as in plain gradient descent with the step scaled by
-    ``1 / (lambda_P lambda_S)``: the order in which they are learned, and
-    with it the implicit low-rank bias, is that of gradient descent.
+    ``1 / (lambda_P lambda_S)``.  Measured, this is not the gradient-descent
+    path: with few observations per degree of freedom it recovers less than
+    the adaptive rule (benchmarks/README.md).  The estimator pairs it with
+    :class:`dmc.refresh.SubspaceRefresh`, which brings in the small
+    directions that the initial subspace misses.
 
     The damping is absolute, a fraction ``damping`` of the squared size a
     product of ``d`` balanced inner factors has at the target scale,
@@ -253,18 +256,35 @@ class PreconditionedStep:
     Parameters
     ----------
     damping : float, default=1e-2
+        Damping of the inner factors' preconditioners, relative to the
+        squared size of the products at the target scale.
     newton : float, default=0.5
         Fraction of the Newton step taken on learned directions.
     outer : float, default=0.3
         Step of the preconditioned outer factors relative to the inner ones.
     tau : float, default=0.2
         Bound on the relative change of the inner factors per step.
-    outer_damping : float, optional
-        ``damping`` for the outer factors' preconditioner (default: the same
-        as ``damping``).
+    outer_damping : float, default=1e-3
+        The same for the outer factors ``U``, ``V``.  Their preconditioner is
+        the Gram matrix of the whole product ``C V^T``, whose singular values
+        are those of the fit itself: a direction with ``sigma_1 / kappa``
+        sits at ``kappa**-2`` of the top one there, so this damping bounds
+        the condition number at which ``U`` and ``V`` still turn quickly
+        towards a small direction (about ``1 / sqrt(outer_damping)``).
+
+    Defaults from ``benchmarks/conditioning.py``-style runs (600 x 500, rank
+    4, 25%, budget 8, refresh every 300 steps), steps to 1e-6 at kappa =
+    1 / 10 / 100 / 1000, for ``(damping, outer_damping)``: (1e-2, 1e-2):
+    420 / 870 / 2,480 / not in 5,000; (1e-2, 1e-3): 410 / 690 / 2,120 / not
+    in 5,000; (3e-3, 1e-4): 400 / 620 / 980 / not in 5,000; (1e-3, 1e-5):
+    stalls at 1e-3 on kappa = 1 (a spurious direction grows: too little
+    damping loses the low-rank bias).  Less damping than the default also
+    lost recovery on small problems (30 x 40, rank 3, 60% observed, kappa
+    10, budget 4: 2-3e-2 on two of six with (3e-3, 1e-4), all six below
+    3e-7 with the default).
     """
 
-    def __init__(self, damping=1e-2, newton=0.5, outer=0.3, tau=0.2, outer_damping=None):
+    def __init__(self, damping=1e-2, newton=0.5, outer=0.3, tau=0.2, outer_damping=1e-3):
         for name, value, low, high in (("damping", damping, 0, math.inf),
                                        ("newton", newton, 0, 2), ("outer", outer, 0, 2),
                                        ("tau", tau, 0, 1)):
@@ -272,10 +292,9 @@ class PreconditionedStep:
                 raise ValueError(f"{name} must be a number in ({low}, {high}); got {value!r}.")
         self.damping, self.newton, self.outer, self.tau = (float(damping), float(newton),
                                                             float(outer), float(tau))
-        if outer_damping is not None and not (is_real(outer_damping) and outer_damping > 0):
-            raise ValueError(f"outer_damping must be a positive number or None; got "
-                             f"{outer_damping!r}.")
-        self.outer_damping = self.damping if outer_damping is None else float(outer_damping)
+        if not (is_real(outer_damping) and 0 < outer_damping < math.inf):
+            raise ValueError(f"outer_damping must be a positive number; got {outer_damping!r}.")
+        self.outer_damping = float(outer_damping)
 
     def init(self, factors, context):
         depth = len(factors.inner)

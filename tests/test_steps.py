@@ -110,11 +110,11 @@ def test_preconditioned_direction_solves_damped_gram_equations(depth):
     grads = _random_factors(rng, m, n, k, depth)
     expected_grads = grads.copy()
     context = steps.StepContext(lr=1.0, outer_ratio=0.01, target_scale=3.0, observed_fraction=0.5)
-    rule = steps.PreconditionedStep(damping=0.1, newton=0.5, outer=0.3, tau=1e-9)
+    rule = steps.PreconditionedStep(damping=0.1, newton=0.5, outer=0.3, tau=1e-9, outer_damping=0.02)
     state = rule.init(f, context)
     updates, state = rule.update(f, grads, state)
     eta = float(state["eta"])
-    lam = [0.1 * 3.0 ** (2.0 * d / depth) for d in range(depth + 1)]
+    lam = [0.1 * 3.0 ** (2.0 * d / depth) for d in range(depth)] + [0.02 * 3.0 ** 2]
     for l, (P, S) in enumerate(_explicit_chain(f)):
         want = (np.linalg.inv(P.T @ P + lam[depth - 1 - l] * np.eye(k)) @ expected_grads.inner[l]
                 @ np.linalg.inv(S @ S.T + lam[l] * np.eye(k)))
