@@ -29,7 +29,7 @@ from .io import (OUTPUT_SUFFIXES, _one_line, _suffix, read_matrix, read_pairs,
 __all__ = ["main"]
 
 _MODEL_DEFAULTS = dict(rank=10, depth=3, method="compressed", max_iter=20000, tol=1e-7,
-                       init_scale=1e-3, lr="auto", gamma=0.01, step_rule="auto")
+                       init_scale=1e-3, lr="auto", gamma=0.05, step_rule="auto")
 
 
 class CLIError(Exception):

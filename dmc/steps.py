@@ -272,6 +272,9 @@ class PreconditionedStep:
         the condition number at which ``U`` and ``V`` still turn quickly
         towards a small direction (about ``1 / sqrt(outer_damping)``).
 
+
+    Notes
+    -----
     Defaults from ``benchmarks/conditioning.py``-style runs (600 x 500, rank
     4, 25%, budget 8, refresh every 300 steps), steps to 1e-6 at kappa =
     1 / 10 / 100 / 1000, for ``(damping, outer_damping)``: (1e-2, 1e-2):

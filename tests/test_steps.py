@@ -132,7 +132,9 @@ def test_preconditioned_direction_solves_damped_gram_equations(depth):
 
 
 def _complete(M, mask, rule, lr="auto"):
-    model = DeepMatrixCompleter(rank=6, lr=lr, step_rule=rule, init_scale=1e-2, tol=1e-5,
+    # the paper's gamma: at the default 0.05 the relative step alone (no momentum)
+    # took 14,560 steps here against 4,540 for constant steps (same completed matrix)
+    model = DeepMatrixCompleter(rank=6, lr=lr, step_rule=rule, init_scale=1e-2, tol=1e-5, gamma=0.01,
                                 max_iter=100000, record_every=20, random_state=0)
     return model.fit(M, mask)
 
