@@ -1,0 +1,243 @@
+"""Mutation testing of dmc's core modules with mutmut 3, one module at a time.
+
+Run from the repository root (needs ``pip install mutmut==3.8.1``; too slow for CI)::
+
+    nice -n 10 python tools/mutation.py                  # every core module
+    nice -n 10 python tools/mutation.py models steps     # some of them
+    python tools/mutation.py --list                      # the module -> test files map
+    python tools/mutation.py --report-only               # rebuild the table from results
+
+For each module the script builds a scratch copy of the repository under
+``build/mutation/<module>/`` (``dmc/``, ``tests/`` and a ``pyproject.toml``
+whose ``[tool.mutmut]`` section mutates that one module and selects only its
+test files, the map ``MODULES`` below), runs ``mutmut run`` there, and
+records the verdicts: killed, survived, timeout, no tests (no selected test
+reaches the mutated function), suspicious, segfault.  mutmut 3 runs, for each
+mutant, only the selected tests that called the mutated function (measured
+once, in its stats pass), in a process forked from a warm interpreter, so a
+short per-module test list keeps each mutant's run to about a second.
+
+Results go to ``benchmarks/results/mutation.json`` (per module: counts, kill
+rate, the surviving mutants' names and diffs) and the ``mutation`` section of
+``benchmarks/README.md``.  A module run again replaces its own entry; the
+others are kept.  Inspect one survivor with
+``cd build/mutation/<module> && mutmut show <name>``.
+
+Hypothesis runs under the ``mutation`` profile (tests/conftest.py: fewer
+examples, no example database) so that property tests stay short per mutant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+import _common  # noqa: E402  (machine_info, write_json, README sections)
+
+RESULTS = REPO / "benchmarks" / "results" / "mutation.json"
+WORK = REPO / "build" / "mutation"
+
+# module -> the fast test files (or pytest node ids) that check it (each mutant runs the subset of
+# these that reach the mutated function).  Slow files (MovieLens, notebooks,
+# benchmarks, CLI subprocesses, scikit-learn's estimator checks) stay out.
+MODULES = {
+    "models": ["tests/test_models.py",
+               "tests/test_gradients.py::test_sparse_gradients_match_finite_differences",
+               "tests/test_gradients.py::test_dense_gradients_match_finite_differences"],
+    "observations": ["tests/test_observations.py", "tests/test_validation.py"],
+    "subspace": ["tests/test_subspace.py"],
+    "solver": ["tests/test_solver.py"],
+    "steps": ["tests/test_steps.py"],
+    "persistence": ["tests/test_persistence.py"],
+    "estimator": ["tests/test_completion.py", "tests/test_validation.py"],
+    "ratings": ["tests/test_reliability.py", "tests/test_early_stopping.py"],
+}
+
+
+
+def _toml_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+
+
+def _pyproject(module, tests):
+    """The scratch copy's pyproject.toml: the repo's pytest options and mutmut
+    base config, narrowed to one module and its test files."""
+    import tomllib
+
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())
+    pytest_opts = data["tool"]["pytest"]["ini_options"]
+    mutmut = dict(data["tool"].get("mutmut", {}))
+    mutmut["source_paths"] = ["dmc"]
+    mutmut["only_mutate"] = [f"dmc/{module}.py"]
+    mutmut["pytest_add_cli_args_test_selection"] = [t for t in tests if (REPO / t.split("::")[0]).exists()]
+    lines = ["[tool.pytest.ini_options]"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in pytest_opts.items()]
+    lines += ["", "[tool.mutmut]"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in mutmut.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _prepare(module):
+    work = WORK / module
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
+    shutil.copytree(REPO / "dmc", work / "dmc", ignore=ignore)
+    shutil.copytree(REPO / "tests", work / "tests", ignore=ignore)
+    (work / "pyproject.toml").write_text(_pyproject(module, MODULES[module]))
+    return work
+
+
+def _verdicts(work, module):
+    meta = work / "mutants" / "dmc" / f"{module}.py.meta"
+    from mutmut.stats import status_by_exit_code  # exit code -> killed, survived, ...
+
+    data = json.loads(meta.read_text())
+    return {name: status_by_exit_code[code]
+            for name, code in data["exit_code_by_key"].items()}
+
+
+def _diff(work, name):
+    proc = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=work,
+                          capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines()
+             if ln.startswith(("+", "-")) and not ln.startswith(("+++", "---"))]
+    return "\n".join(lines)
+
+
+def run_module(module, max_children):
+    work = _prepare(module)
+    env = dict(os.environ, HYPOTHESIS_PROFILE="mutation", OMP_NUM_THREADS="1",
+               OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1",
+               PYTHONPATH="")
+    mutmut = shutil.which("mutmut", path=str(Path(sys.executable).parent)) or "mutmut"
+    start = time.perf_counter()
+    proc = subprocess.run([mutmut, "run", "--max-children", str(max_children)], cwd=work, env=env,
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    (work / "mutmut.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"mutmut failed on {module} (exit {proc.returncode}); log in {work}/mutmut.log")
+    verdicts = _verdicts(work, module)
+    counts = {}
+    for status in verdicts.values():
+        counts[status] = counts.get(status, 0) + 1
+    total = len(verdicts)
+    killed = counts.get("killed", 0) + counts.get("timeout", 0)
+    survivors = sorted(n for n, s in verdicts.items() if s in ("survived", "no tests"))
+    return {
+        "module": f"dmc/{module}.py",
+        "tests": MODULES[module],
+        "mutants": total,
+        "counts": counts,
+        "kill_rate": killed / total if total else None,
+        "wall_seconds": round(wall, 1),
+        "max_children": max_children,
+        "survivors": {name: {"status": verdicts[name], "diff": _diff(work, name)}
+                      for name in survivors},
+    }
+
+
+def _load():
+    if RESULTS.exists():
+        return json.loads(RESULTS.read_text())
+    return {"benchmark": "mutation", "tool": None, "modules": {}}
+
+
+def _equivalent(entry):
+    """Survivors listed as equivalent (by name) in the committed results."""
+    return set(entry.get("equivalent", {}))
+
+
+def _table(payload):
+    rows = []
+    for module in MODULES:
+        entry = payload["modules"].get(module)
+        if entry is None:
+            rows.append([f"`dmc/{module}.py`", "not run", "", "", "", "", "", ""])
+            continue
+        c = entry["counts"]
+        equivalent = len(_equivalent(entry) & set(entry["survivors"]))
+        live = entry["mutants"] - equivalent
+        killed = c.get("killed", 0) + c.get("timeout", 0)
+        rows.append([f"`dmc/{module}.py`", entry["mutants"], c.get("killed", 0), c.get("timeout", 0),
+                     c.get("survived", 0), c.get("no tests", 0), f"{entry['kill_rate']:.1%}",
+                     f"{killed / live:.1%}" if live else "-",
+                     f"{entry['wall_seconds'] / 60:.1f}"])
+    return _common.markdown_table(
+        ["module", "mutants", "killed", "timeout", "survived", "no tests", "kill rate",
+         "kill rate excl. equivalent", "wall (min)"], rows)
+
+
+def write_readme(payload):
+    lines = [
+        "## Mutation testing (mutmut 3)",
+        "",
+        "Each core module is mutated by mutmut and checked against a short list of test",
+        "files (`tools/mutation.py --list`); a mutant is *killed* when a test fails and",
+        "*survived* when all pass.  *Kill rate excl. equivalent* leaves out the survivors",
+        "judged equivalent (same behaviour as the original; each listed with its reason",
+        "under `equivalent` in `results/mutation.json`).  Rerun with",
+        "`nice -n 10 python tools/mutation.py [MODULE ...]` (not part of CI: minutes per module).",
+        "",
+        _table(payload),
+        "",
+        f"Tool: {payload.get('tool')}.  Machine: {payload.get('machine', {}).get('cpu')}, "
+        f"{payload.get('machine', {}).get('cores')} cores shared with other work; "
+        f"run under `nice -n 10`.",
+    ]
+    _common.replace_readme_section("mutation", "\n".join(lines))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="tools/mutation.py", description=__doc__.split("\n")[0])
+    parser.add_argument("modules", nargs="*", help=f"modules to mutate (default: all of {', '.join(MODULES)})")
+    parser.add_argument("--max-children", type=int, default=1, help="parallel mutant runs (default 1)")
+    parser.add_argument("--list", action="store_true", help="print the module -> test files map")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the README table only")
+    args = parser.parse_args(argv)
+    if args.list:
+        for module, tests in MODULES.items():
+            print(f"dmc/{module}.py: {' '.join(tests)}")
+        return 0
+    unknown = [m for m in args.modules if m not in MODULES]
+    if unknown:
+        parser.error(f"unknown module(s) {unknown}; choose among {', '.join(MODULES)}")
+    payload = _load()
+    if not args.report_only:
+        from importlib.metadata import version
+
+        payload["tool"] = f"mutmut {version('mutmut')}"
+        payload["machine"] = _common.machine_info()
+        for module in args.modules or list(MODULES):
+            print(f"mutating dmc/{module}.py against {' '.join(MODULES[module])} ...", flush=True)
+            entry = run_module(module, args.max_children)
+            old = payload["modules"].get(module, {})
+            entry["equivalent"] = {k: v for k, v in old.get("equivalent", {}).items()
+                                   if k in entry["survivors"]}
+            payload["modules"][module] = entry
+            print(f"  {entry['mutants']} mutants, {entry['counts']}, kill rate {entry['kill_rate']:.1%}, "
+                  f"{entry['wall_seconds']:.0f} s", flush=True)
+            _common.write_json(RESULTS, payload)
+    write_readme(payload)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
