@@ -94,6 +94,7 @@ def test_properties_hand_computed():
     np.testing.assert_array_equal(obs.row_pointers, [0, 2, 2, 5])
     assert obs.row_pointers.dtype == np.int64
     np.testing.assert_array_equal(obs.mask(), MASK)
+    assert obs.mask().dtype == bool
     np.testing.assert_array_equal(obs.to_csr().toarray(), np.where(MASK, M, 0.0))
     np.testing.assert_array_equal(obs.to_csr(np.arange(5.0)).toarray()[MASK], np.arange(5.0))
     assert obs.to_csr().shape == (3, 4)
@@ -103,6 +104,8 @@ def test_row_pointers_with_trailing_empty_rows():
     obs = Observations((4, 2), np.array([0, 1], dtype=np.int64), np.array([1, 0], dtype=np.int64),
                        np.array([1.0, 2.0]))
     np.testing.assert_array_equal(obs.row_pointers, [0, 1, 2, 2, 2])
+    assert obs.to_csr().shape == (4, 2)  # not the shape the entries alone would imply
+    assert obs.mask().shape == (4, 2)
 
 
 def test_astype_scaled_and_subset():
@@ -112,8 +115,10 @@ def test_astype_scaled_and_subset():
     single = obs.astype(np.float32)
     assert single.values.dtype == np.float32 and single.shape == obs.shape
     np.testing.assert_array_equal(single.observed_rows, ROWS)
+    np.testing.assert_array_equal(single.observed_cols, COLS)
     scaled = obs.scaled(0.5)
     np.testing.assert_array_equal(scaled.values, np.array(VALUES) * 0.5)
+    np.testing.assert_array_equal(scaled.observed_rows, ROWS)
     np.testing.assert_array_equal(scaled.observed_cols, COLS)
     assert scaled.shape == (3, 4)
     sub = obs.subset(np.array([1, 3]))
@@ -205,3 +210,23 @@ def test_one_dimensional_sparse_array_is_rejected():
         pytest.skip("this scipy has no 1-D sparse arrays")
     with pytest.raises(ValueError, match="M must be 2-D; got a sparse array with 1 dims"):
         as_observations(A)
+
+
+def test_single_row_and_single_column_matrices_are_valid():
+    obs = as_observations(np.array([[1.0, np.nan, 3.0]]))
+    assert obs.shape == (1, 3) and obs.n_observed == 2
+    obs = as_observations(sp.csr_matrix(np.array([[1.0], [0.0]])))
+    assert obs.shape == (2, 1) and obs.n_observed == 1
+
+
+def test_sorted_csr_is_read_in_place_without_coo(monkeypatch):
+    """The documented memory path: sorted CSR input never goes through COO."""
+    from dmc import observations
+
+    def no_coo(*args, **kwargs):
+        raise AssertionError("sorted CSR input went through COO")
+    A = sp.csr_matrix(np.where(MASK, M, 0.0))
+    monkeypatch.setattr(observations.sp, "coo_array", no_coo)
+    _check(as_observations(A))
+    with pytest.raises(AssertionError, match="through COO"):
+        as_observations(A.tocsc())

@@ -259,8 +259,16 @@ def _interrupting(at, times=1):
     return loss_and_gradients
 
 
-def test_ctrl_c_finishes_the_step_and_records_it():
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+@pytest.fixture
+def sigint_default():
+    """SIGINT at Python's default handler, as in a terminal (a runner started in
+    the background ignores SIGINT, and the solver then leaves it alone)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_finishes_the_step_and_records_it(sigint_default):
     with pytest.warns(FitInterruptedWarning, match="fit interrupted at step 3"):
         result = gradient_descent(Factors([1.0]), _interrupting(3), [0.5], max_iter=100, tol=0.0,
                                   observed_norm=1.0, record_every=50)
@@ -270,7 +278,40 @@ def test_ctrl_c_finishes_the_step_and_records_it():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_second_ctrl_c_raises():
+def test_ignored_sigint_is_left_alone():
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        seen = []
+
+        def loss_and_gradients(factors):
+            seen.append(signal.getsignal(signal.SIGINT))
+            return quadratic([[0.0]])(factors)
+        run(Factors([1.0]), loss_and_gradients, [0.5], max_iter=1)
+        assert seen == [signal.SIG_IGN, signal.SIG_IGN]
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_sigint_deferred_only_in_the_main_thread(sigint_default):
+    import threading
+
+    seen = []
+
+    def loss_and_gradients(factors):
+        seen.append(signal.getsignal(signal.SIGINT))
+        return quadratic([[0.0]])(factors)
+    run(Factors([1.0]), loss_and_gradients, [0.5], max_iter=0)
+    assert seen[0] is not signal.default_int_handler  # the solver's handler
+    out = []
+    thread = threading.Thread(target=lambda: out.append(
+        run(Factors([1.0]), quadratic([[0.0]]), [0.5], max_iter=2).n_iter))
+    thread.start()
+    thread.join()
+    assert out == [2]
+
+
+def test_second_ctrl_c_raises(sigint_default):
     with pytest.raises(KeyboardInterrupt):
         gradient_descent(Factors([1.0]), _interrupting(2, times=2), [0.5], max_iter=100, tol=0.0,
                          observed_norm=1.0, record_every=1)
