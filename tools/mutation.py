@@ -64,7 +64,7 @@ MODULES = {
                     "tests/test_reliability.py::test_truncated_and_bit_flipped_model_files",
                     "tests/test_reliability.py::test_tampered_model_files_say_what_is_wrong",
                     "tests/test_reliability.py::test_loading_never_unpickles"],
-    "estimator": ["tests/test_validation.py", "tests/test_completion.py", "tests/test_progress.py",
+    "estimator": ["tests/test_estimator.py", "tests/test_validation.py", "tests/test_completion.py", "tests/test_progress.py",
                   "-k", "not original and not lr_auto_is_scale_invariant and not overestimated_rank "
                         "and not real_ctrl_c and not ratings"],
     "ratings": ["tests/test_movielens.py", "tests/test_reliability.py", "tests/test_progress.py",
