@@ -328,11 +328,65 @@ def test_verbose_2_prints_every_record(capsys, clock):
 
 
 def test_line_progress_prints_at_most_every_interval(capsys, clock):
-    progress = solver._LineProgress(2.5)
-    for i in range(6):  # clock reads 1, 2, ... on each update
+    progress = solver._LineProgress(3.0)
+    for i in range(6):  # clock reads 1, 2, ... on each update; 3 s apart is enough
         progress.update({"iteration": i})
     progress.update({"iteration": 99}, final=True)
     assert capsys.readouterr().out.split() == ["iteration=0", "iteration=3", "iteration=99"]
+
+
+def test_line_progress_flushes_each_line(monkeypatch):
+    """Lines must reach a pipe or log file as they are printed, not at exit."""
+    class Stream:
+        def __init__(self):
+            self.events = []
+
+        def write(self, text):
+            self.events.append("write")
+
+        def flush(self):
+            self.events.append("flush")
+    stream = Stream()
+    monkeypatch.setattr(sys, "stdout", stream)
+    solver._LineProgress(0.0).update({"iteration": 1})
+    assert stream.events[-1] == "flush"
+
+
+def test_record_format():
+    assert solver._format_record({"iteration": 1234567, "loss": 0.1234567891, "name": "a"}) == \
+        "iteration=1234567 loss=0.123457 name=a"
+
+
+class FakeTqdm:
+    """Records what _BarProgress asks of tqdm (the real one needs a terminal thread)."""
+    instances = []
+
+    def __init__(self, **kwargs):
+        self.kwargs, self.n, self.postfixes, self.closed = kwargs, 0, [], False
+        FakeTqdm.instances.append(self)
+
+    def update(self, n):
+        self.n += n
+
+    def set_postfix(self, postfix, refresh):
+        self.postfixes.append((postfix, refresh))
+
+    def close(self):
+        self.closed = True
+
+
+def test_bar_progress_drives_tqdm():
+    bar = solver._BarProgress(FakeTqdm, 50)
+    fake = FakeTqdm.instances[-1]
+    assert fake.kwargs == {"total": 50, "unit": "step", "dynamic_ncols": True, "leave": True}
+    bar.update({"iteration": 10, "time": 1.0, "train_loss": 0.5, "x": 2.0})
+    bar.update({"iteration": 30, "time": 2.0, "train_loss": 0.25, "x": 1.0}, final=True)
+    assert fake.n == 30
+    assert fake.postfixes == [({"train_loss": "5.000e-01", "x": "2.000e+00"}, False),
+                              ({"train_loss": "2.500e-01", "x": "1.000e+00"}, True)]
+    with bar:
+        pass
+    assert fake.closed
 
 
 def test_verbose_1_without_tqdm_is_lines_every_5_seconds(monkeypatch):

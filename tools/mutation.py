@@ -57,7 +57,9 @@ MODULES = {
                "tests/test_gradients.py::test_dense_gradients_match_finite_differences"],
     "observations": ["tests/test_observations.py", "tests/test_validation.py"],
     "subspace": ["tests/test_subspace.py"],
-    "solver": ["tests/test_solver.py"],
+    # the real tqdm bar hangs in mutmut's forked workers (a timeout, not a kill):
+    # _BarProgress is checked against a fake tqdm instead
+    "solver": ["tests/test_solver.py", "-k", "not verbose_1_bar"],
     "steps": ["tests/test_steps.py", "-k",
               "not follows_the_constant and not completes and not leaves_the_plateau"],
     "persistence": ["tests/test_persistence.py",
@@ -66,11 +68,11 @@ MODULES = {
                     "tests/test_reliability.py::test_loading_never_unpickles"],
     "estimator": ["tests/test_estimator.py", "tests/test_validation.py", "tests/test_completion.py", "tests/test_progress.py",
                   "-k", "not original and not lr_auto_is_scale_invariant and not overestimated_rank "
-                        "and not real_ctrl_c and not ratings"],
+                        "and not real_ctrl_c and not ratings and not progress_bar"],
     "ratings": ["tests/test_movielens.py", "tests/test_reliability.py", "tests/test_progress.py",
                 "tests/test_early_stopping.py", "tests/test_sklearn.py",
                 "-k", "not benchmark_quick and not loader and not fetch and not real_ctrl_c "
-                      "and not parameter_search and not grid_search and not readme"],
+                      "and not parameter_search and not grid_search and not readme and not progress_bar"],
 }
 
 
