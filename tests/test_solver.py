@@ -375,6 +375,13 @@ class FakeTqdm:
         self.closed = True
 
 
+def test_verbose_1_uses_the_tqdm_bar(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tqdm.auto", types.SimpleNamespace(tqdm=FakeTqdm))
+    progress = solver._progress(1, 40)
+    assert type(progress) is solver._BarProgress and progress.bar is FakeTqdm.instances[-1]
+    assert progress.bar.kwargs["total"] == 40
+
+
 def test_bar_progress_drives_tqdm():
     bar = solver._BarProgress(FakeTqdm, 50)
     fake = FakeTqdm.instances[-1]

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -115,7 +116,26 @@ def _prepare(module):
     shutil.copytree(REPO / "dmc", work / "dmc", ignore=ignore)
     shutil.copytree(REPO / "tests", work / "tests", ignore=ignore)
     (work / "pyproject.toml").write_text(_pyproject(module, MODULES[module]))
+    _undecorate(work / "dmc" / f"{module}.py")
     return work
+
+
+def _undecorate(path):
+    """Move module-level decorators after the module's code, in the scratch copy.
+
+    mutmut 3 does not mutate decorated functions (``gradient_descent`` under
+    ``@np.errstate``, ``_deferred_interrupt`` under ``@contextmanager``);
+    ``@d def f`` is rewritten as ``def f`` plus ``f = d(f)`` at the end of the
+    module, which behaves the same once the module is imported.
+    """
+    text = path.read_text()
+    pattern = re.compile(r"^@(?!staticmethod|classmethod|property)([^\n]+)\n(def (\w+)\()", re.M)
+    moved = [(m.group(3), m.group(1)) for m in pattern.finditer(text)]
+    if moved:
+        text = pattern.sub(r"\2", text)
+        text += "\n\n# tools/mutation.py: decorators moved here so that mutmut mutates the functions\n"
+        text += "".join(f"{name} = {decorator}({name})\n" for name, decorator in moved)
+        path.write_text(text)
 
 
 def _verdicts(work, module):
