@@ -99,7 +99,7 @@ def _explicit_q(shape, seed, n_reflections=8):
 
 
 @pytest.mark.parametrize("shape, n_reflections", [((9, 6), 8), ((6, 9), 8), ((7, 7), 3), ((4, 3), 8),
-                                                  ((5, 5), None)])
+                                                  ((5, 5), None), ((12, 10), None)])
 def test_random_orthogonal_is_the_explicit_reflection_product(shape, n_reflections):
     kwargs = {} if n_reflections is None else {"n_reflections": n_reflections}
     q = subspace.RandomOrthogonal(shape, np.random.default_rng(11), **kwargs)
@@ -121,6 +121,9 @@ def test_random_orthogonal_float32_input_is_computed_in_float64():
     X = np.random.default_rng(3).standard_normal((4, 2)).astype(np.float32)
     assert q.matvec(X).dtype == np.float64 and q.rmatvec(q.matvec(X)).dtype == np.float64
     np.testing.assert_allclose(q.matvec(X), q.dense() @ X.astype(np.float64), atol=1e-12)
+    Y = np.random.default_rng(4).standard_normal((6, 2)).astype(np.float32)
+    assert q.rmatvec(Y).dtype == np.float64
+    np.testing.assert_allclose(q.rmatvec(Y), q.dense().T @ Y.astype(np.float64), atol=1e-12)
 
 
 def test_dense_orthogonal_wraps_the_matrix():
@@ -197,3 +200,34 @@ def test_orthonormal_basis_keeps_small_but_real_directions():
     B = np.hstack([rng.standard_normal((8, 1)), 1e-8 * rng.standard_normal((8, 1))])
     basis = subspace._orthonormal_basis(B, 2, rng)
     np.testing.assert_allclose(basis @ (basis.T @ B), B, atol=1e-20)
+
+
+@pytest.mark.parametrize("scale", [1e-16, 1e-8, 1.0, 1e8])
+def test_orthonormal_basis_threshold_is_relative_to_the_largest_singular_value(scale):
+    rng = np.random.default_rng(13)
+    B = scale * rng.standard_normal((10, 3))
+    basis = subspace._orthonormal_basis(B, 3, rng)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(basis @ (basis.T @ B), B, atol=1e-12 * scale)
+
+
+def test_orthonormal_basis_drops_a_direction_below_1e_10_of_the_largest():
+    rng = np.random.default_rng(14)
+    a1, a2, noise = rng.standard_normal((3, 12, 1))
+    # singular values about 1, 1e-2 and 1e-11 relative: the last is dropped
+    B = 1e6 * np.hstack([a1, 1e-2 * a2, a1 + 1e-11 * noise])
+    u, s, _ = np.linalg.svd(B, full_matrices=False)
+    assert 1e-12 * s[0] < s[2] < 1e-10 * s[0]
+    basis = subspace._orthonormal_basis(B, 3, rng)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(np.abs(basis[:, :2].T @ u[:, :2]), np.eye(2), atol=1e-8)
+    # the third column is a random completion, not the dropped singular vector
+    assert abs(basis[:, 2] @ u[:, 2]) < 0.9
+
+
+def test_orthonormal_basis_completes_a_single_missing_direction():
+    rng = np.random.default_rng(15)
+    a = rng.standard_normal((9, 3))
+    basis = subspace._orthonormal_basis(np.hstack([a, a[:, :1]]), 4, rng)
+    assert basis.shape == (9, 4)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(4), atol=1e-12)
