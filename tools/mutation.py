@@ -67,13 +67,10 @@ MODULES = {
                     "tests/test_reliability.py::test_truncated_and_bit_flipped_model_files",
                     "tests/test_reliability.py::test_tampered_model_files_say_what_is_wrong",
                     "tests/test_reliability.py::test_loading_never_unpickles"],
-    "estimator": ["tests/test_estimator.py", "tests/test_validation.py", "tests/test_completion.py", "tests/test_progress.py",
-                  "-k", "not original and not lr_auto_is_scale_invariant and not overestimated_rank "
-                        "and not real_ctrl_c and not ratings and not progress_bar"],
-    "ratings": ["tests/test_movielens.py", "tests/test_reliability.py", "tests/test_progress.py",
-                "tests/test_early_stopping.py", "tests/test_sklearn.py",
-                "-k", "not benchmark_quick and not loader and not fetch and not real_ctrl_c "
-                      "and not parameter_search and not grid_search and not readme and not progress_bar"],
+    "estimator": ["tests/test_estimator.py", "tests/test_validation.py"],
+    "ratings": ["tests/test_ratings.py", "tests/test_movielens.py", "tests/test_early_stopping.py",
+                "tests/test_progress.py::test_ratings_fit_interrupted_keeps_best_state_and_skips_refit",
+                "-k", "not benchmark_quick and not loader and not fetch and not readme"],
 }
 
 
