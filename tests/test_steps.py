@@ -441,3 +441,85 @@ def test_make_step_rule():
     with pytest.raises(TypeError, match="init, update and step_size"):
         steps.make_step_rule(Partial())
     assert set(steps.STEP_RULES) == {"constant", "adaptive", "preconditioned"}
+
+
+def test_relative_step_with_zero_inner_gradients_takes_the_stable_step():
+    # inner gradients exactly zero (outer ones not): the relative bound is infinite,
+    # so the step is the stability limit lr * target / sigma = 0.1 * 100 / 1 = 10
+    factors = _diagonal_factors([[1.0, 1.0], [1.0, 1.0]])
+    grads = _diagonal_factors([[0.0, 0.0], [0.0, 0.0]])
+    rule = steps.RelativeStep()
+    state = rule.init(factors, _context(lr=0.1, target_scale=100.0, outer_ratio=1.0))
+    updates, state = rule.update(factors, grads, state)
+    assert float(state["eta"]) == pytest.approx(10.0, rel=1e-12)
+    np.testing.assert_allclose(updates[0], 10.0 * np.ones((3, 2)), rtol=1e-12)
+
+
+def test_relative_step_from_zero_inner_factors_is_lr():
+    factors = _diagonal_factors([[0.0, 0.0], [0.0, 0.0]])
+    grads = _diagonal_factors([[1.0, 1.0], [1.0, 1.0]])
+    rule = steps.RelativeStep()
+    state = rule.init(factors, _context(lr=0.1, target_scale=100.0))
+    with np.errstate(over="ignore"):  # as in the solver: the stability bound is inf here
+        _, state = rule.update(factors, grads, state)
+    assert float(state["eta"]) == 0.1
+
+
+def test_relative_step_with_one_inner_factor():
+    factors = _diagonal_factors([[2.0, 2.0, 2.0]])
+    grads = _diagonal_factors([[1.0, 1.0, 1.0]])
+    rule = steps.RelativeStep(tau=0.5)
+    state = rule.init(factors, _context(lr=0.1, target_scale=8.0))
+    np.testing.assert_allclose(state["vector"], np.full(3, 1 / np.sqrt(3)), rtol=1e-15)
+    assert state["exponent"] == 0.0
+    _, state = rule.update(factors, grads, state)
+    # relative 0.5 * 2 / 1 = 1; stable lr * (8 / 2)^0 = 0.1
+    assert float(state["eta"]) == pytest.approx(0.1)
+
+
+def test_preconditioned_step_with_zero_inner_gradients_takes_the_newton_cap():
+    rng = np.random.default_rng(1)
+    f = _random_factors(rng, 6, 5, 3, 2)
+    grads = _random_factors(rng, 6, 5, 3, 2, scale=0.0)
+    rule = steps.PreconditionedStep()
+    state = rule.init(f, _context(observed_fraction=0.25))
+    updates, state = rule.update(f, grads, state)
+    assert float(state["eta"]) == 1.0  # newton / (depth p) = 0.5 / (2 * 0.25)
+    assert np.all(np.isfinite(updates[0])) and np.any(updates[0] != 0)
+
+
+def test_preconditioned_step_keeps_float32():
+    rng = np.random.default_rng(2)
+    f = _random_factors(rng, 6, 5, 3, 2)
+    grads = _random_factors(rng, 6, 5, 3, 2)
+    f = models.DeepFactors.from_arrays([a.astype(np.float32) for a in f.arrays()])
+    grads = models.DeepFactors.from_arrays([a.astype(np.float32) for a in grads.arrays()])
+    rule = steps.PreconditionedStep()
+    state = rule.init(f, _context())
+    assert state["eye"].dtype == np.float32
+    updates, _ = rule.update(f, grads, state)
+    assert all(u.dtype == np.float32 for u in updates)
+
+
+def test_momentum_keeps_the_state_its_rule_returns():
+    class Counting:
+        """Returns a new state each step; its updates are the step count."""
+
+        def init(self, factors, context):
+            return 0
+
+        def update(self, factors, grads, state):
+            return [np.full(a.shape, float(state + 1)) for a in grads.arrays()], state + 1
+
+        def step_size(self, state):
+            return float(state)
+
+    factors = _diagonal_factors([[1.0, 1.0]])
+    rule = steps.Momentum(Counting(), beta=0.5)
+    state = rule.init(factors, None)
+    velocities = []
+    for _ in range(3):
+        updates, state = rule.update(factors, factors, state)
+        velocities.append(float(updates[1][0, 0]))
+    assert velocities == [1.0, 0.5 * 1.0 + 2.0, 0.5 * 2.5 + 3.0]
+    assert rule.step_size(state) == 3.0
