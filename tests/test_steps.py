@@ -523,3 +523,18 @@ def test_momentum_keeps_the_state_its_rule_returns():
         velocities.append(float(updates[1][0, 0]))
     assert velocities == [1.0, 0.5 * 1.0 + 2.0, 0.5 * 2.5 + 3.0]
     assert rule.step_size(state) == 3.0
+
+
+def test_relative_step_warm_starts_the_power_iteration():
+    # product diag(3, 1): each step runs two more iterations from the stored vector,
+    # so after two steps the vector is (3^8, 1) / norm and sigma follows it
+    factors = _diagonal_factors([[3.0, 1.0], [1.0, 1.0]])
+    grads = _diagonal_factors([[1.0, 1.0], [1.0, 1.0]])
+    rule = steps.RelativeStep(tau=1e-9)
+    state = rule.init(factors, _context(lr=0.1, target_scale=0.3))
+    _, state = rule.update(factors, grads, state)
+    np.testing.assert_allclose(state["vector"], np.array([81.0, 1.0]) / np.hypot(81.0, 1.0), rtol=1e-14)
+    _, state = rule.update(factors, grads, state)
+    np.testing.assert_allclose(state["vector"], np.array([3.0**8, 1.0]) / np.hypot(3.0**8, 1.0), rtol=1e-14)
+    sigma = np.hypot(3.0**9, 1.0) / np.hypot(3.0**8, 1.0)
+    assert float(state["eta"]) == pytest.approx(0.1 * 0.3 / sigma, rel=1e-12)
