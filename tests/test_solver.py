@@ -8,6 +8,7 @@ without timing anything.  Found by mutation testing (tools/mutation.py).
 """
 
 import math
+import re
 import signal
 import sys
 import types
@@ -219,7 +220,10 @@ def test_divergence_advice_depends_on_the_rule():
         def step_size(self, state):
             return 0.5
 
-    with pytest.raises(DivergenceError, match='use step_rule="constant" or a smaller lr'):
+    advice = ('use step_rule="constant" or a smaller lr (adaptive steps can overshoot where a few '
+              "observed entries per row or column make the loss much sharper than lr assumes). "
+              "The step size used was 0.5.")
+    with pytest.raises(DivergenceError, match=re.escape(advice) + "$"):
         run(Factors([0.0]), scripted([1.0, math.inf]), Rule(), record_every=1)
     assert Momentum  # imported for the rule types the advice distinguishes
 
@@ -410,3 +414,45 @@ def test_verbose_1_bar_counts_steps(capsys):
     run(Factors([1.0]), quadratic([[0.0]]), [0.5], max_iter=20, record_every=10, verbose=1)
     err = capsys.readouterr().err
     assert "20/20" in err and "train_loss=" in err and "iteration=" not in err
+
+
+def test_defaults_record_every_10_and_silent(capsys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        result = gradient_descent(Factors([1.0]), quadratic([[0.0]]), [0.5], max_iter=25, tol=0.0,
+                                  observed_norm=1.0)
+    np.testing.assert_array_equal(result.history["iteration"], [0, 10, 20, 25])
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def test_progress_bar_gets_max_iter_and_final_only_at_the_end(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tqdm.auto", types.SimpleNamespace(tqdm=FakeTqdm))
+    run(Factors([1.0]), quadratic([[0.0]]), [0.5], max_iter=6, record_every=2, verbose=1)
+    bar = FakeTqdm.instances[-1]
+    assert bar.kwargs["total"] == 6 and bar.n == 6 and bar.closed
+    assert [refresh for _, refresh in bar.postfixes] == [False, False, False, True]
+
+
+def test_step_rule_sees_the_factors_being_trained():
+    factors = Factors([1.0])
+    seen = []
+
+    class Rule:
+        def init(self, f, context):
+            return None
+
+        def update(self, f, grads, state):
+            seen.append(f)
+            return [g * 0.5 for g in grads.arrays()], state
+
+        def step_size(self, state):
+            return 0.5
+    run(factors, quadratic([[0.0]]), Rule(), max_iter=2)
+    assert len(seen) == 3 and all(f is factors for f in seen)
+
+
+def test_divergence_relative_to_a_small_first_loss():
+    # first loss 1e-10: 0.1 is a blow-up by 1e9 (threshold 1e8 times the first loss)
+    with pytest.raises(DivergenceError, match="training diverged at step 1"):
+        run(Factors([0.0]), scripted([1e-10, 0.1]), [0.1], max_iter=2, record_every=1)
