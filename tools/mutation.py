@@ -163,9 +163,17 @@ def run_module(module, max_children):
                           capture_output=True, text=True)
     wall = time.perf_counter() - start
     (work / "mutmut.log").write_text(proc.stdout + proc.stderr)
+    (work / "wall_seconds").write_text(f"{wall:.1f}\n")
     if proc.returncode != 0:
         print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
         raise SystemExit(f"mutmut failed on {module} (exit {proc.returncode}); log in {work}/mutmut.log")
+    return collect_module(module, max_children)
+
+
+def collect_module(module, max_children=1):
+    """The results entry of ``module`` from its finished work directory."""
+    work = WORK / module
+    wall = float((work / "wall_seconds").read_text()) if (work / "wall_seconds").exists() else None
     verdicts = _verdicts(work, module)
     counts = {}
     for status in verdicts.values():
@@ -179,7 +187,7 @@ def run_module(module, max_children):
         "mutants": total,
         "counts": counts,
         "kill_rate": killed / total if total else None,
-        "wall_seconds": round(wall, 1),
+        "wall_seconds": None if wall is None else round(wall, 1),
         "max_children": max_children,
         "survivors": {name: {"status": verdicts[name], "diff": _diff(work, name)}
                       for name in survivors},
@@ -211,7 +219,7 @@ def _table(payload):
         rows.append([f"`dmc/{module}.py`", entry["mutants"], c.get("killed", 0), c.get("timeout", 0),
                      c.get("survived", 0), c.get("no tests", 0), f"{entry['kill_rate']:.1%}",
                      f"{killed / live:.1%}" if live else "-",
-                     f"{entry['wall_seconds'] / 60:.1f}"])
+                     "-" if entry["wall_seconds"] is None else f"{entry['wall_seconds'] / 60:.1f}"])
     return _common.markdown_table(
         ["module", "mutants", "killed", "timeout", "survived", "no tests", "kill rate",
          "kill rate excl. equivalent", "wall (min)"], rows)
@@ -260,6 +268,8 @@ def main(argv=None):
     parser.add_argument("--max-children", type=int, default=1, help="parallel mutant runs (default 1)")
     parser.add_argument("--list", action="store_true", help="print the module -> test files map")
     parser.add_argument("--report-only", action="store_true", help="rewrite the README table only")
+    parser.add_argument("--collect", action="store_true",
+                        help="record the modules' finished runs in build/mutation/ without rerunning")
     args = parser.parse_args(argv)
     if args.list:
         for module, tests in MODULES.items():
@@ -270,7 +280,10 @@ def main(argv=None):
         parser.error(f"unknown module(s) {unknown}; choose among {', '.join(MODULES)}")
     payload = _load()
     equivalent = json.loads(EQUIVALENT.read_text()) if EQUIVALENT.exists() else {}
-    if not args.report_only:
+    if args.collect:
+        for module in args.modules or list(MODULES):
+            payload["modules"][module] = collect_module(module)
+    elif not args.report_only:
         from importlib.metadata import version
 
         payload["tool"] = f"mutmut {version('mutmut')}"
@@ -278,6 +291,7 @@ def main(argv=None):
         for module in args.modules or list(MODULES):
             print(f"mutating dmc/{module}.py against {' '.join(MODULES[module])} ...", flush=True)
             entry = run_module(module, args.max_children)
+            payload = _load()  # another run may have written other modules meanwhile
             payload["modules"][module] = entry
             print(f"  {entry['mutants']} mutants, {entry['counts']}, kill rate {entry['kill_rate']:.1%}, "
                   f"{entry['wall_seconds']:.0f} s", flush=True)
