@@ -212,3 +212,50 @@ def test_all_zero_observations_and_parameter_boundaries(problem):
     with pytest.raises(TypeError, match="normalize must be True or False"):
         _fit(M, mask, normalize=1)
     _fit(M, mask, normalize=np.bool_(True))
+
+
+def test_fit_transform_is_fit_then_transform_with_fit_params(problem):
+    M, mask = problem
+    params = dict(rank=2, max_iter=3, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = DeepMatrixCompleter(**params)
+        X = model.fit_transform(M, mask, ground_truth=M)
+        reference = DeepMatrixCompleter(**params).fit(M, mask)
+    np.testing.assert_array_equal(X, reference.transform())
+    assert "recovery_error" in model.history_
+
+
+def test_outputs_on_the_torch_backend_and_as_numpy(problem):
+    torch = pytest.importorskip("torch")
+    M, mask = problem
+    model = _fit(M, mask, backend="torch", device="cpu")
+    X = model.transform()
+    assert isinstance(X, torch.Tensor)
+    X_np = model.transform(as_numpy=True)
+    assert isinstance(X_np, np.ndarray)
+    np.testing.assert_allclose(X_np, X.numpy(), rtol=1e-12)
+    rows, cols = np.array([0, 11]), np.array([9, 0])
+    assert isinstance(model.predict(rows, cols), torch.Tensor)
+    got = model.predict(rows, cols, as_numpy=True)
+    assert isinstance(got, np.ndarray)
+    np.testing.assert_allclose(got, X_np[rows, cols], rtol=1e-10)
+    row, col = model.get_low_rank_factors()
+    assert isinstance(row, torch.Tensor) and isinstance(col, torch.Tensor)
+    row_np, col_np = model.get_low_rank_factors(as_numpy=True)
+    assert isinstance(row_np, np.ndarray) and isinstance(col_np, np.ndarray)
+    np.testing.assert_allclose(row_np @ col_np.T, X_np, rtol=1e-10, atol=1e-14)
+    score = model.score(M, mask)
+    assert type(score) is float
+    assert score == pytest.approx(-np.sqrt(np.mean((X_np - M)[mask] ** 2)), rel=1e-10)
+
+
+def test_predict_names_the_bad_index(problem):
+    M, mask = problem
+    model = _fit(M, mask)
+    with pytest.raises(ValueError, match=r"cols must lie in \[0, 10\); got values in \[0, 10\]"):
+        model.predict([0, 1], [0, 10])
+    with pytest.raises(ValueError, match=r"rows must lie in \[0, 12\); got values in \[-1, 0\]"):
+        model.predict([-1, 0], [0, 1])
+    with pytest.raises(TypeError, match="cols must hold integers; got dtype float64"):
+        model.predict([0, 1], [0.0, 1.0])
