@@ -6,6 +6,7 @@ dense product of the factors.  Found by mutation testing (tools/mutation.py).
 """
 
 import math
+import types
 import warnings
 
 import numpy as np
@@ -259,3 +260,125 @@ def test_predict_names_the_bad_index(problem):
         model.predict([-1, 0], [0, 1])
     with pytest.raises(TypeError, match="cols must hold integers; got dtype float64"):
         model.predict([0, 1], [0.0, 1.0])
+
+
+def test_documented_defaults():
+    assert DeepMatrixCompleter().get_params() == dict(
+        rank=10, depth=3, method="compressed", init_scale=1e-3, lr="auto", gamma=0.01,
+        step_rule="auto", width=None, normalize=True, max_iter=20000, tol=1e-7, record_every=10,
+        callbacks=None, verbose=0, backend="auto", device=None, dtype=None, random_state=None)
+    model = DeepMatrixCompleter(device="cpu", dtype="float32")
+    assert model.device == "cpu" and model.dtype == "float32"
+
+
+def test_more_parameter_checks(problem):
+    M, mask = problem
+    assert _fit(M, mask, rank=1).left_factor_.shape == (12, 2)
+    _fit(M, mask, method="narrow", step_rule="constant")
+    _fit(M, mask, step_rule="preconditioned")
+    for method in ("narrow", "original"):
+        with pytest.raises(ValueError, match='applies to method="compressed" only'):
+            _fit(M, mask, method=method, step_rule="adaptive")
+    with pytest.raises(ValueError, match='dtype must be None, "float32" or "float64"'):
+        _fit(M, mask, dtype="float16")
+    with pytest.raises(TypeError, match="callbacks must be None"):
+        _fit(M, mask, callbacks=5)
+
+
+def test_dtype_choice(problem):
+    M, mask = problem
+    for params, data, expected in (({}, M, np.float64), ({}, M.astype(np.float32), np.float32),
+                                   ({"dtype": "float32"}, M, np.float32),
+                                   ({"dtype": "float64"}, M.astype(np.float32), np.float64),
+                                   ({"method": "original"}, M.astype(np.float32), np.float32)):
+        model = _fit(data, mask, **params)
+        assert model.left_factor_.dtype == expected and model.transform().dtype == expected, params
+    with pytest.raises(ValueError, match="do not fit the model's dtype float32"):
+        _fit(M * 1e38, mask, dtype="float32")
+
+
+def test_start_time_includes_initialization(problem, monkeypatch):
+    import time
+
+    import dmc.estimator
+
+    M, mask = problem
+    before = time.perf_counter()
+    monkeypatch.setattr(dmc.estimator, "time", types.SimpleNamespace(perf_counter=lambda: 0.0))
+    model = _fit(M, mask, max_iter=1)
+    assert model.history_["time"][0] >= before  # counted from the estimator's start (0 here)
+
+
+def test_verbose_and_callbacks_reach_the_solver(problem, capsys):
+    M, mask = problem
+    seen = []
+    _fit(M, mask, max_iter=4, record_every=2, verbose=2, callbacks=lambda record: seen.append(record))
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == ["iteration=0", "iteration=2", "iteration=4"]
+    assert [r["iteration"] for r in seen] == [0, 2, 4]
+
+
+def test_default_rule_is_adaptive_and_paths_are_sparse_or_dense(problem, monkeypatch):
+    M, mask = problem
+    calls = {"momentum": 0, "dense": 0, "sparse": 0}
+    original_update = steps.Momentum.update
+
+    def momentum_update(self, *args):
+        calls["momentum"] += 1
+        return original_update(self, *args)
+    monkeypatch.setattr(steps.Momentum, "update", momentum_update)
+    for name, function in (("dense", models.dense_loss_and_gradients),
+                           ("sparse", models.sparse_loss_and_gradients)):
+        def counted(*args, _name=name, _function=function):
+            calls[_name] += 1
+            return _function(*args)
+        monkeypatch.setattr(models, f"{name}_loss_and_gradients", counted)
+    _fit(M, mask, max_iter=2)
+    assert calls == {"momentum": 3, "dense": 0, "sparse": 3}  # never an m x n array
+    _fit(M, mask, max_iter=2, method="original")
+    assert calls == {"momentum": 3, "dense": 3, "sparse": 3}  # the dense reference
+
+
+def test_recovery_error_of_a_converged_fit_is_in_units_of_m():
+    M, mask = make_low_rank((12, 10), 1, 0.9, random_state=2)
+    model = _fit(3.0 * M, mask, rank=1, max_iter=3000, tol=1e-6)
+    assert model.converged_
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(3.0 * M, mask, ground_truth=[list(row) for row in 3.0 * M])  # a list works too
+    X = model.transform()
+    expected = np.linalg.norm(X - 3.0 * M) / np.linalg.norm(3.0 * M)
+    assert expected < 0.1
+    assert model.history_["recovery_error"][-1] == pytest.approx(expected, rel=1e-6)
+
+
+def test_wide_models_record_the_top_singular_value_only(problem):
+    M, mask = problem
+    model = _fit(M, mask, method="narrow")
+    s1 = np.linalg.svd(np.where(mask, M, 0.0), compute_uv=False)[0]
+    np.testing.assert_allclose(model.initial_singular_values_, [s1], rtol=1e-8)
+
+
+def test_extreme_magnitudes(problem):
+    M, mask = problem
+    # normalize=True fits any magnitude; the raw-range check applies to normalize=False only
+    assert np.isfinite(_fit(M * 2.0**70, mask).transform()).all()
+    with pytest.raises(ValueError, match="outside the range normalize=False supports"):
+        _fit(M * 2.0**70, mask, normalize=False)
+    # singular values past float64 are reported as inf, silently (s_1 of 40 x 40 ones is 40)
+    model = _fit(np.full((40, 40), 1e307), rank=1, max_iter=2)
+    assert np.isinf(model.initial_singular_values_[0]) and np.isfinite(model.scale_)
+    with pytest.raises(ValueError, match="too large to normalize"):
+        _fit(np.full((200, 200), 1e307), rank=1)
+
+
+def test_rescaled_by_exactly_two():
+    factors = models.DeepFactors(np.ones((2, 1)), [np.ones((1, 1))], np.ones((3, 1)))
+    np.testing.assert_array_equal(_rescaled(factors, 2.0).inner[0], [[2.0]])
+
+
+def test_torch_input_selects_the_torch_backend(problem):
+    torch = pytest.importorskip("torch")
+    M, mask = problem
+    model = _fit(torch.tensor(M), torch.tensor(mask))
+    assert model.backend_.name == "torch"
