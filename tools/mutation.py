@@ -69,7 +69,6 @@ MODULES = {
                     "tests/test_reliability.py::test_loading_never_unpickles"],
     "estimator": ["tests/test_estimator.py", "tests/test_validation.py"],
     "ratings": ["tests/test_ratings.py", "tests/test_movielens.py", "tests/test_early_stopping.py",
-                "tests/test_progress.py::test_ratings_fit_interrupted_keeps_best_state_and_skips_refit",
                 "-k", "not benchmark_quick and not loader and not fetch and not readme"],
 }
 
