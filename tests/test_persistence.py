@@ -328,3 +328,107 @@ def test_damaged_shapes_are_reported(fitted, tmp_path):
                             ({"left_factor_": left.astype(np.int64)}, "left_factor_ does not hold floating")):
         with pytest.raises(ValueError, match=message):
             load_with(**arrays)
+
+
+def test_nested_unsaveable_params_are_named():
+    lost = []
+    assert persistence._param_to_json("cbs", (print,), lost) == {"__tuple__": [None]}
+    assert persistence._param_to_json("rngs", [np.random.default_rng(0)], lost) == [None]
+    assert lost == ["cbs", "rngs"]
+
+
+def test_save_checks_the_fit_and_skips_private_attributes(fitted, tmp_path):
+    half = DeepMatrixCompleter()
+    half.shape_ = (2, 2)  # a fitted-looking attribute without the factors
+    with pytest.raises(NotFittedError):
+        half.save(tmp_path / "half.npz")
+    fitted._scratch_ = np.ones(2)
+    try:
+        path = fitted.save(tmp_path / "m.npz")
+    finally:
+        del fitted._scratch_
+    with np.load(path) as archive:
+        header = json.loads(str(archive["__dmc__"]))
+    assert "_scratch_" not in header["state"]
+
+
+def _edited_load(cls, path, tmp_path, state_changes=(), arrays=()):
+    with np.load(path) as archive:
+        members = {name: archive[name] for name in archive.files}
+    header = json.loads(str(members["__dmc__"]))
+    header["state"].update(dict(state_changes))
+    members.update(dict(arrays))
+    members["__dmc__"] = np.array(json.dumps(header))
+    out = tmp_path / "edited.npz"
+    with open(out, "wb") as file:
+        np.savez(file, **members)
+    return cls.load(out)
+
+
+def test_depth_two_and_inner_shape_checks(problem, fitted, tmp_path):
+    M, mask = problem
+    narrow = _fit(DeepMatrixCompleter(rank=2, depth=2, method="narrow", max_iter=5, random_state=0),
+                  M, mask)
+    path = narrow.save(tmp_path / "narrow.npz")
+    np.testing.assert_array_equal(DeepMatrixCompleter.load(path).transform(), narrow.transform())
+    with pytest.raises(ValueError, match="do not multiply"):
+        _edited_load(DeepMatrixCompleter, path, tmp_path,
+                     arrays={"right_factor_": narrow.right_factor_[:, :-1]})
+    deep = fitted.save(tmp_path / "deep.npz")
+    k = fitted.left_factor_.shape[1]
+    for name in ("inner_factors_.0", "inner_factors_.2"):
+        with pytest.raises(ValueError, match="do not multiply"):
+            _edited_load(DeepMatrixCompleter, deep, tmp_path, arrays={name: np.ones((k + 1, k))})
+    with pytest.raises(ValueError, match="not matrices"):
+        _edited_load(DeepMatrixCompleter, deep, tmp_path, state_changes={"left_factor_": 5})
+
+
+@pytest.fixture(scope="module")
+def ratings_file(tmp_path_factory):
+    rng = np.random.default_rng(1)
+    users, items = np.divmod(rng.permutation(120)[:80], 10)  # 12 users, 10 items
+    model = _fit(RatingsCompleter(rank=2, max_iter=5, random_state=0), users, items,
+                 rng.integers(1, 6, 80).astype(float))
+    return model, model.save(tmp_path_factory.mktemp("r") / "r.npz")
+
+
+def test_ratings_state_checks_one_at_a_time(ratings_file, tmp_path):
+    model, path = ratings_file
+    assert RatingsCompleter.load(path).user_ids_.shape == model.user_ids_.shape
+    rows, cols = model.row_factors_, model.column_factors_
+    observed = model._observed
+    bad_arrays = {
+        "user_ids_": np.tile(model.user_ids_, (2, 1)),
+        "item_ids_": np.tile(model.item_ids_, (2, 1)),
+        "row_factors_": rows[:, 0],
+        "column_factors_": cols[:, 0],
+        "row_factors_ ": rows[:-1],
+        "column_factors_ ": cols[:-1],
+        "column_factors_  ": cols[:, :-1],
+        "user_bias_": model.user_bias_[:-1],
+        "item_bias_": model.item_bias_[:-1],
+        "_observed.0": observed[0][:-1],
+        "_observed.1": observed[1].astype(np.float64),
+        "_observed.0 ": observed[0] - observed[0].min() - 1,
+        "_observed.1 ": observed[1] - observed[1].min() - 1,
+        "_observed.0  ": observed[0] + (12 - observed[0].max()),
+        "_observed.1  ": observed[1] + (10 - observed[1].max()),
+    }
+    for name, value in bad_arrays.items():
+        with pytest.raises(ValueError, match="do not fit together|observed pairs"):
+            _edited_load(RatingsCompleter, path, tmp_path, arrays={name.strip(): value})
+    for attribute in ("row_factors_", "column_factors_", "user_bias_", "item_bias_"):
+        value = getattr(model, attribute)
+        with pytest.raises(ValueError, match=f"{attribute} does not hold floating-point numbers"):
+            _edited_load(RatingsCompleter, path, tmp_path, arrays={attribute: value.astype(np.int64)})
+    for state, message in (({"_observed": 5}, "observed pairs"),
+                           ({"_observed": {"__tuple__": [{"__array__": "_observed.0"}]}}, "observed pairs"),
+                           ({"_observed": {"__list__": [{"__array__": "_observed.0"},
+                                                        {"__array__": "_observed.1"}]}}, "observed pairs"),
+                           ({"rating_range_": {"__tuple__": [1.0]}}, "rating_range_"),
+                           ({"rating_range_": {"__tuple__": [1, 5]}}, "rating_range_")):
+        with pytest.raises(ValueError, match=message):
+            _edited_load(RatingsCompleter, path, tmp_path, state_changes=state)
+    empty = _edited_load(RatingsCompleter, path, tmp_path,
+                         arrays={"_observed.0": observed[0][:0], "_observed.1": observed[1][:0]})
+    assert empty._observed[0].size == 0
