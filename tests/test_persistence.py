@@ -432,3 +432,30 @@ def test_ratings_state_checks_one_at_a_time(ratings_file, tmp_path):
     empty = _edited_load(RatingsCompleter, path, tmp_path,
                          arrays={"_observed.0": observed[0][:0], "_observed.1": observed[1][:0]})
     assert empty._observed[0].size == 0
+
+
+def test_missing_state_entries_are_damage(fitted, ratings_file, tmp_path):
+    def without(path, cls, name):
+        with np.load(path) as archive:
+            members = {n: archive[n] for n in archive.files}
+        header = json.loads(str(members["__dmc__"]))
+        del header["state"][name]
+        members["__dmc__"] = np.array(json.dumps(header))
+        out = tmp_path / "without.npz"
+        with open(out, "wb") as file:
+            np.savez(file, **members)
+        return cls.load(out)
+
+    deep = fitted.save(tmp_path / "deep.npz")
+    with pytest.raises(ValueError, match="do not multiply to shape_ None"):
+        without(deep, DeepMatrixCompleter, "shape_")
+    _, path = ratings_file
+    with pytest.raises(ValueError, match="observed pairs"):
+        without(path, RatingsCompleter, "_observed")
+    with pytest.raises(ValueError, match="rating_range_ is None"):
+        without(path, RatingsCompleter, "rating_range_")
+    with pytest.raises(ValueError, match="right_factor_ does not hold floating-point numbers"):
+        _edited_load(DeepMatrixCompleter, deep, tmp_path,
+                     arrays={"right_factor_": fitted.right_factor_.astype(np.int64)})
+    with pytest.raises(ValueError, match="its backend_ entry is"):
+        _edited_load(DeepMatrixCompleter, deep, tmp_path, state_changes={"backend_": {"device": "cpu"}})
