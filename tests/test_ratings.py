@@ -243,3 +243,87 @@ def test_global_mean_and_scale_are_in_rating_units():
     np.testing.assert_allclose(tiny.history_["train_loss"], eighth.history_["train_loss"] * 2.0**-74,
                                rtol=1e-12)
     assert tiny.rating_range_ == (ratings.min() * 2.0**-40, ratings.max() * 2.0**-40)
+
+
+def test_bias_warmup_reaches_the_ridge_solution():
+    """Biases after a long warmup and one step: the penalized least-squares biases."""
+    users, items, ratings = _toy()
+    penalty = 5.0
+    model = RatingsCompleter(**{**FAST, "validation_fraction": 0.0, "max_iter": 1, "record_every": 1,
+                                "bias_warmup": 3000, "bias_penalty": penalty}).fit(users, items, ratings)
+    # dense ridge: min 1/2 |A b - (r - mu)|^2 + penalty/2 |b|^2, A = [one-hot user, one-hot item]
+    A = np.hstack([np.eye(12)[users], np.eye(10)[items]])
+    target = ratings - ratings.mean()
+    b = np.linalg.solve(A.T @ A + penalty * np.eye(22), A.T @ target)
+    np.testing.assert_allclose(model.user_bias_, b[:12], atol=2e-2)
+    np.testing.assert_allclose(model.item_bias_, b[12:], atol=2e-2)
+    assert np.abs(b).max() > 0.1  # the biases are not trivially zero
+
+
+@pytest.mark.filterwarnings("ignore::dmc.ConvergenceWarning")
+def test_more_items_than_users_and_ids_seen_only_in_validation():
+    rng = np.random.default_rng(3)
+    users, items = np.meshgrid(np.arange(10), np.arange(14), indexing="ij")
+    keep = rng.random(users.shape) < 0.7
+    keep[9] = False
+    keep[:, 13] = False
+    keep[9, 0] = keep[0, 13] = True  # the last user and the last item: one rating each
+    users, items = users[keep], items[keep]
+    ratings = rng.integers(1, 6, users.size).astype(float)
+    for seed in range(6):  # each seed holds out a different half
+        model = RatingsCompleter(**{**FAST, "validation_fraction": 0.5, "random_state": seed}).fit(
+            users, items, ratings)
+        assert np.isfinite(model.predict([9, 0], [0, 13])).all()
+
+
+def test_dataframe_columns_are_read_by_name(fitted):
+    pd = pytest.importorskip("pandas")
+    model, _ = fitted
+    users, items = np.array([0, 3, 11]), np.array([9, 2, 5])
+    frame = pd.DataFrame({"item": items, "user": users})  # not in (user, item) order
+    np.testing.assert_array_equal(model.predict(frame), model.predict(users, items))
+
+
+def test_id_type_errors_name_the_argument(fitted):
+    model, _ = fitted
+    with pytest.raises(TypeError, match="^users must hold integer or string ids"):
+        model.predict([1.0], [1])
+    with pytest.raises(TypeError, match="^items must hold integer or string ids"):
+        model.predict([1], [1.0])
+    with pytest.raises(TypeError, match="^user must hold integer or string ids"):
+        model.recommend(1.0)
+
+
+def test_score_with_a_small_target_variance(fitted):
+    model, _ = fitted
+    X = np.array([[0, 1], [2, 3], [4, 5], [6, 7]])
+    y = np.array([3.0, 3.1, 3.0, 3.1])  # total sum of squares 0.01 < 1
+    pred = model.predict(X)
+    expected = 1 - np.sum((y - pred) ** 2) / np.sum((y - y.mean()) ** 2)
+    assert model.score(X, y) == pytest.approx(expected, rel=1e-12)
+
+
+def test_recommend_every_user_and_k_by_hand(fitted):
+    model, (users, items, _) = fitted
+    scores = (model.row_factors_ @ model.column_factors_.T + model.user_bias_[:, None]
+              + model.item_bias_[None, :] + model.global_mean_)
+    rated = np.zeros((12, 10), bool)
+    rated[users, items] = True
+    free = np.where(rated, -np.inf, scores)
+    for k in (1, 2, 5):
+        got, got_scores = model.recommend(np.arange(12), k=k)
+        for user in range(12):
+            n = min(k, int(np.sum(~rated[user])))
+            expected = np.argsort(-free[user], kind="stable")[:n]
+            np.testing.assert_array_equal(got[user][:n], expected)
+            np.testing.assert_allclose(got_scores[user][:n], free[user][expected], rtol=1e-12)
+    ids, top = model.recommend(np.array([], dtype=int), k=2)
+    assert ids.shape == (0, 2) and top.shape == (0, 2)
+
+
+@pytest.mark.filterwarnings("ignore::dmc.ConvergenceWarning")
+def test_recommend_default_k_is_10():
+    users, items, ratings = _toy(n_users=12, n_items=16)
+    model = RatingsCompleter(**FAST).fit(users, items, ratings)
+    ids, _ = model.recommend(0, exclude_observed=False)
+    assert ids.shape == (10,)
