@@ -101,11 +101,11 @@ def test_properties_hand_computed():
 
 
 def test_row_pointers_with_trailing_empty_rows():
-    obs = Observations((4, 2), np.array([0, 1], dtype=np.int64), np.array([1, 0], dtype=np.int64),
+    obs = Observations((4, 3), np.array([0, 1], dtype=np.int64), np.array([1, 0], dtype=np.int64),
                        np.array([1.0, 2.0]))
     np.testing.assert_array_equal(obs.row_pointers, [0, 1, 2, 2, 2])
-    assert obs.to_csr().shape == (4, 2)  # not the shape the entries alone would imply
-    assert obs.mask().shape == (4, 2)
+    assert obs.to_csr().shape == (4, 3)  # not the shape the entries alone would imply
+    assert obs.mask().shape == (4, 3)
 
 
 def test_astype_scaled_and_subset():

@@ -123,7 +123,7 @@ def test_random_orthogonal_float32_input_is_computed_in_float64():
     np.testing.assert_allclose(q.matvec(X), q.dense() @ X.astype(np.float64), atol=1e-12)
     Y = np.random.default_rng(4).standard_normal((6, 2)).astype(np.float32)
     assert q.rmatvec(Y).dtype == np.float64
-    np.testing.assert_allclose(q.rmatvec(Y), q.dense().T @ Y.astype(np.float64), atol=1e-12)
+    np.testing.assert_allclose(q.rmatvec(Y), q.dense().T @ Y.astype(np.float64), rtol=1e-12, atol=1e-12)
 
 
 def test_dense_orthogonal_wraps_the_matrix():
