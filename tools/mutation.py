@@ -74,6 +74,12 @@ MODULES = {
 
 
 
+# verdicts that count as detected: a test failed, the tests ran out of CPU time, or
+# the mutant made the test run stop with KeyboardInterrupt (a mutant of the
+# solver's Ctrl-C handling; mutmut reports it as "check was interrupted by user")
+KILLED = ("killed", "timeout", "check was interrupted by user")
+
+
 def _toml_value(value):
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -178,7 +184,7 @@ def collect_module(module, max_children=1):
     for status in verdicts.values():
         counts[status] = counts.get(status, 0) + 1
     total = len(verdicts)
-    killed = counts.get("killed", 0) + counts.get("timeout", 0)
+    killed = sum(counts.get(k, 0) for k in KILLED)
     survivors = sorted(n for n, s in verdicts.items() if s in ("survived", "no tests"))
     return {
         "module": f"dmc/{module}.py",
@@ -216,8 +222,9 @@ def _table(payload):
         c = entry["counts"]
         equivalent = len(_equivalent(entry))
         live = entry["mutants"] - equivalent
-        killed = c.get("killed", 0) + c.get("timeout", 0)
-        rows.append([f"`dmc/{module}.py`", entry["mutants"], c.get("killed", 0), c.get("timeout", 0),
+        killed = sum(c.get(k, 0) for k in KILLED)
+        rows.append([f"`dmc/{module}.py`", entry["mutants"],
+                     c.get("killed", 0) + c.get("check was interrupted by user", 0), c.get("timeout", 0),
                      c.get("survived", 0), c.get("no tests", 0), equivalent, f"{entry['kill_rate']:.1%}",
                      f"{killed / live:.1%}" if live else "-",
                      "-" if entry["wall_seconds"] is None else f"{entry['wall_seconds'] / 60:.1f}"])
