@@ -5,6 +5,7 @@ by hand from the fitted attributes with the documented formulas.  Found by
 mutation testing (tools/mutation.py).
 """
 
+import types
 import warnings
 
 import numpy as np
@@ -327,3 +328,39 @@ def test_recommend_default_k_is_10():
     model = RatingsCompleter(**FAST).fit(users, items, ratings)
     ids, _ = model.recommend(0, exclude_observed=False)
     assert ids.shape == (10,)
+
+
+def test_documented_defaults():
+    assert RatingsCompleter().get_params() == dict(
+        rank=32, depth=3, init_scale=0.1, lr="auto", lr_multiplier=0.1, gamma=30.0, biases=True,
+        bias_penalty=5.0, bias_lr=0.5, bias_warmup=20, weight_decay=0.0, validation_fraction=0.1,
+        n_iter_no_change=20, refit=True, clip=True, rating_range=None, max_iter=3000,
+        record_every=10, callbacks=None, verbose=0, random_state=None)
+
+
+def test_learning_rate_hand_computed():
+    users, items, ratings = _toy()
+    p = users.size / 120
+    auto, _ = _fit(validation_fraction=0.0, max_iter=1)
+    # spectral_step_size(p, p, 3) = 1.5 / (3 p), times lr_multiplier 0.1
+    assert auto.lr_ == pytest.approx(0.1 * 1.5 / (3 * p), rel=1e-12)
+    fixed, _ = _fit(validation_fraction=0.0, max_iter=1, lr=0.02, lr_multiplier=0.5)
+    assert fixed.lr_ == pytest.approx(0.01, rel=1e-12)
+
+
+def test_solver_options_reach_the_fit(capsys, monkeypatch):
+    import time
+
+    import dmc.ratings
+
+    seen = []
+    model, _ = _fit(validation_fraction=0.0, max_iter=7, record_every=3, verbose=2,
+                    callbacks=lambda record: seen.append(record["iteration"]))
+    np.testing.assert_array_equal(model.history_["iteration"], [0, 3, 6, 7])
+    assert seen == [0, 3, 6, 7]
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == ["iteration=0", "iteration=3", "iteration=6", "iteration=7"]
+    before = time.perf_counter()
+    monkeypatch.setattr(dmc.ratings, "time", types.SimpleNamespace(perf_counter=lambda: 0.0))
+    model, _ = _fit(validation_fraction=0.0, max_iter=1)
+    assert model.history_["time"][0] >= before  # counted from fit's start (0 here)
