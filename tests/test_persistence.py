@@ -459,3 +459,19 @@ def test_missing_state_entries_are_damage(fitted, ratings_file, tmp_path):
                      arrays={"right_factor_": fitted.right_factor_.astype(np.int64)})
     with pytest.raises(ValueError, match="its backend_ entry is"):
         _edited_load(DeepMatrixCompleter, deep, tmp_path, state_changes={"backend_": {"device": "cpu"}})
+
+
+def test_ids_must_be_one_dimensional(ratings_file, tmp_path):
+    model, path = ratings_file
+    for name in ("user_ids_", "item_ids_"):
+        column = getattr(model, name).reshape(-1, 1)  # right length, wrong number of dimensions
+        with pytest.raises(ValueError, match="do not fit together"):
+            _edited_load(RatingsCompleter, path, tmp_path, arrays={name: column})
+
+
+def test_only_the_factors_move_to_the_backend(fitted, tmp_path):
+    torch = pytest.importorskip("torch")
+    on_torch = DeepMatrixCompleter.load(fitted.save(tmp_path / "m.npz"), backend="torch", device="cpu")
+    assert isinstance(on_torch.right_factor_, torch.Tensor)
+    assert all(isinstance(v, np.ndarray) for v in on_torch.history_.values())
+    assert isinstance(on_torch.initial_singular_values_, np.ndarray)
