@@ -364,3 +364,28 @@ def test_solver_options_reach_the_fit(capsys, monkeypatch):
     monkeypatch.setattr(dmc.ratings, "time", types.SimpleNamespace(perf_counter=lambda: 0.0))
     model, _ = _fit(validation_fraction=0.0, max_iter=1)
     assert model.history_["time"][0] >= before  # counted from fit's start (0 here)
+
+
+@pytest.mark.filterwarnings("ignore::dmc.ConvergenceWarning")
+def test_shifted_fit_with_validation_is_rescaled_everywhere():
+    import time
+
+    users, items, ratings = _toy()
+    params = {**FAST, "validation_fraction": 0.3, "max_iter": 10, "refit": False}
+    start = time.perf_counter()
+    tiny = RatingsCompleter(**params).fit(users, items, ratings * 2.0**-40)
+    elapsed = time.perf_counter() - start
+    eighth = RatingsCompleter(**params).fit(users, items, ratings / 8)
+    np.testing.assert_allclose(tiny.history_["validation_rmse"], eighth.history_["validation_rmse"] * 2.0**-37,
+                               rtol=1e-12)
+    assert type(tiny.global_mean_) is float and type(tiny.scale_) is float
+    assert tiny.scale_ == pytest.approx(eighth.scale_ * 2.0**-37, rel=1e-12)
+    assert tiny.stop_reason_ == eighth.stop_reason_ == "max_iter"
+    assert 0 <= tiny.fit_time_ <= elapsed
+
+
+@pytest.mark.filterwarnings("ignore::dmc.ConvergenceWarning")
+def test_rank_boundary_is_half_the_smaller_side():
+    users, items, ratings = _toy()  # 12 users, 10 items
+    model = RatingsCompleter(**{**FAST, "rank": 5, "max_iter": 2}).fit(users, items, ratings)
+    assert model.row_factors_.shape == (12, 10)
