@@ -390,7 +390,10 @@ class DeepMatrixCompleter(BaseCompleter):
         # scale / 2**exponent; the scale itself is formed once, so it may lie anywhere in float64
         relative = (float(unit_singular_values[0] / p / _REFERENCE_SCALE) if self.normalize
                     else math.ldexp(1.0, -exponent))
-        scale = math.ldexp(relative, exponent)  # exactly 1.0 without normalize
+        try:
+            scale = math.ldexp(relative, exponent)  # exactly 1.0 without normalize
+        except OverflowError:  # math.ldexp raises where np.ldexp would give inf
+            scale = math.inf
         if not (math.isfinite(scale) and scale > 0.0):
             raise ValueError(
                 f"observed values up to {float(np.max(np.abs(values))):.3g} are too large to "

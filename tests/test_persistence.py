@@ -1,6 +1,7 @@
 """save(path) / load(path): a portable npz + JSON format, round-trip exact, across backends."""
 
 import json
+import re
 import warnings
 
 import numpy as np
@@ -175,3 +176,302 @@ def test_load_errors(fitted, tmp_path):
 def test_save_unfitted_raises(tmp_path):
     with pytest.raises(NotFittedError, match="not fitted"):
         DeepMatrixCompleter().save(tmp_path / "m.npz")
+
+
+# -- the JSON conversions and checks on their own (found by mutation testing, tools/mutation.py)
+from dmc import persistence  # noqa: E402
+
+
+def test_params_to_json_and_back():
+    lost = []
+    assert persistence._param_to_json("a", None, lost) is None
+    assert persistence._param_to_json("a", True, lost) is True
+    assert persistence._param_to_json("a", "x", lost) == "x"
+    for value, expected in ((np.int64(3), 3), (np.float32(0.5), 0.5), (np.bool_(True), True), (7, 7),
+                            (2.5, 2.5)):
+        out = persistence._param_to_json("a", value, lost)
+        assert out == expected and type(out) is type(expected)
+    nested = persistence._param_to_json("a", (1, (2.0, "b"), [np.int64(4)]), lost)
+    assert nested == {"__tuple__": [1, {"__tuple__": [2.0, "b"]}, [4]]}
+    assert persistence._param_from_json(json.loads(json.dumps(nested))) == (1, (2.0, "b"), [4])
+    assert persistence._param_from_json([{"__tuple__": [1]}, 2]) == [(1,), 2]
+    assert persistence._param_to_json("a", np.dtype("float32"), lost) == "float32"
+    assert persistence._param_to_json("a", np.float64, lost) == "float64"
+    assert lost == []
+    assert persistence._param_to_json("cb", [lambda r: False], lost) is None
+    assert persistence._param_to_json("rs", np.random.default_rng(0), lost) is None
+    assert lost == ["cb", "rs"]
+
+
+def test_params_torch_device_and_dtype():
+    torch = pytest.importorskip("torch")
+    lost = []
+    assert persistence._param_to_json("d", torch.device("cpu"), lost) == "cpu"
+    assert persistence._param_to_json("t", torch.float32, lost) == "float32"
+    assert lost == []
+
+
+def test_state_to_json_layout():
+    arrays = {}
+    state = {"a": np.arange(3.0), "d": {1: np.zeros(2), "k": 5}, "l": [np.ones(1), "s"],
+             "t": (2, None), "g": 1.5, "ids": np.array(["x", 3], dtype=object)}
+    out = {k: persistence._state_to_json(k, v, arrays, k == "a") for k, v in state.items()}
+    assert out["a"] == {"__array__": "a", "on_backend": True}
+    assert out["d"] == {"__dict__": {"1": {"__array__": "d.1", "on_backend": False}, "k": 5}}
+    assert out["l"] == {"__list__": [{"__array__": "l.0", "on_backend": False}, "s"]}
+    assert out["t"] == {"__tuple__": [2, None]}
+    assert out["g"] == 1.5 and type(out["g"]) is float
+    assert out["ids"] == {"__array__": "ids", "on_backend": False}
+    assert sorted(arrays) == ["a", "d.1", "ids", "l.0"]
+    np.testing.assert_array_equal(arrays["ids"], ["x", "3"])
+    assert arrays["ids"].dtype.kind == "U"
+    with pytest.raises(TypeError, match="cannot save attribute x of type set"):
+        persistence._state_to_json("x", {1}, arrays, False)
+    with pytest.raises(TypeError, match="x holds objects that cannot be saved without pickle"):
+        persistence._state_to_json("x", np.array([b"\xff"], dtype=object), {}, False)
+
+
+def test_fitted_state_lists_public_fitted_and_persisted_private(fitted):
+    state = persistence._fitted_state(fitted)
+    expected = {n for n in vars(fitted) if n.endswith("_") and not n.startswith("_")}
+    expected |= {n for n in fitted._persisted_private if hasattr(fitted, n)}
+    assert set(state) == expected and "left_factor_" in state
+    assert all(state[n] is getattr(fitted, n) for n in state)
+
+
+def test_saved_header_names_format_class_and_version(fitted, tmp_path):
+    import dmc
+
+    path = fitted.save(tmp_path / "m.npz")
+    with np.load(path, allow_pickle=False) as archive:
+        header = json.loads(str(archive["__dmc__"]))
+    assert header["format"] == "dmc.estimator" and header["format_version"] == 1
+    assert header["dmc_version"] == dmc.__version__ and header["class"] == "DeepMatrixCompleter"
+    assert header["state"]["backend_"] == {"__backend__": "numpy", "device": "cpu"}
+    assert header["state"]["left_factor_"] == {"__array__": "left_factor_", "on_backend": True}
+    assert header["state"]["history_"]["__dict__"]["train_loss"]["on_backend"] is False
+
+
+def test_header_checks_one_at_a_time(fitted, tmp_path):
+    path = fitted.save(tmp_path / "m.npz")
+    with np.load(path) as archive:
+        members = {name: archive[name] for name in archive.files}
+    header = json.loads(str(members["__dmc__"]))
+
+    def load_with(**changes):
+        out = tmp_path / "edited.npz"
+        edited = {k: v for k, v in {**header, **changes}.items() if v is not None}
+        with open(out, "wb") as file:
+            np.savez(file, **{**members, "__dmc__": np.array(json.dumps(edited))})
+        return DeepMatrixCompleter.load(out)
+
+    assert load_with(format_version=0).shape_ == fitted.shape_  # older versions load
+    assert load_with(format_version=FORMAT_VERSION).shape_ == fitted.shape_
+    for changes, message in (({"format": "other"}, "format 'other'"),
+                             ({"format_version": True}, "format_version is True"),
+                             ({"format_version": 1.0}, "format_version is 1.0"),
+                             ({"class": "Other"}, "unknown estimator class 'Other'"),
+                             ({"params": None}, "no 'params' dict")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            load_with(**changes)
+    no_version = {k: v for k, v in header.items() if k != "format_version"}
+    out = tmp_path / "noversion.npz"
+    with open(out, "wb") as file:
+        np.savez(file, **{**members, "__dmc__": np.array(json.dumps(no_version))})
+    assert DeepMatrixCompleter.load(out).shape_ == fitted.shape_  # read as version 0
+    with pytest.raises(ValueError, match="runs on NumPy only"):
+        RatingsCompleter.load(_ratings_file(tmp_path), backend="numpy")
+    with pytest.raises(ValueError, match="runs on NumPy only"):
+        RatingsCompleter.load(_ratings_file(tmp_path), device="cpu")
+    bad_backend = {**header["state"], "backend_": "numpy"}
+    with pytest.raises(ValueError, match="its backend_ entry is 'numpy'"):
+        load_with(state=bad_backend)
+
+
+def _ratings_file(tmp_path):
+    rng = np.random.default_rng(1)
+    users, items = np.divmod(rng.permutation(120)[:80], 10)
+    model = _fit(RatingsCompleter(rank=2, max_iter=5, random_state=0), users, items,
+                 rng.integers(1, 6, 80).astype(float))
+    return model.save(tmp_path / "r.npz")
+
+
+def test_load_on_the_saved_backend_keeps_params(fitted, tmp_path):
+    loaded = DeepMatrixCompleter.load(fitted.save(tmp_path / "m.npz"))
+    assert loaded.backend == fitted.backend and loaded.device == fitted.device
+    assert loaded.backend_.name == "numpy"
+    moved = DeepMatrixCompleter.load(tmp_path / "m.npz", backend="numpy")
+    assert moved.backend == "numpy" and moved.device is None
+    assert isinstance(moved.left_factor_, np.ndarray)
+
+
+def test_damaged_shapes_are_reported(fitted, tmp_path):
+    path = fitted.save(tmp_path / "m.npz")
+    with np.load(path) as archive:
+        members = {name: archive[name] for name in archive.files}
+
+    def load_with(**arrays):
+        out = tmp_path / "edited.npz"
+        with open(out, "wb") as file:
+            np.savez(file, **{**members, **arrays})
+        return DeepMatrixCompleter.load(out)
+
+    left, right = members["left_factor_"], members["right_factor_"]
+    inner = members["inner_factors_.0"]
+    for arrays, message in (({"left_factor_": left[:, :-1]}, "do not multiply"),
+                            ({"right_factor_": right[:, :-1]}, "do not multiply"),
+                            ({"right_factor_": right[:-1]}, "do not multiply"),
+                            ({"left_factor_": left[:-1]}, "do not multiply"),
+                            ({"inner_factors_.0": inner[:, :-1]}, "do not multiply"),
+                            ({"inner_factors_.1": inner[:-1]}, "do not multiply"),
+                            ({"left_factor_": left[0]}, "not matrices"),
+                            ({"left_factor_": left.astype(np.int64)}, "left_factor_ does not hold floating")):
+        with pytest.raises(ValueError, match=message):
+            load_with(**arrays)
+
+
+def test_nested_unsaveable_params_are_named():
+    lost = []
+    assert persistence._param_to_json("cbs", (print,), lost) == {"__tuple__": [None]}
+    assert persistence._param_to_json("rngs", [np.random.default_rng(0)], lost) == [None]
+    assert lost == ["cbs", "rngs"]
+
+
+def test_save_checks_the_fit_and_skips_private_attributes(fitted, tmp_path):
+    half = DeepMatrixCompleter()
+    half.shape_ = (2, 2)  # a fitted-looking attribute without the factors
+    with pytest.raises(NotFittedError):
+        half.save(tmp_path / "half.npz")
+    fitted._scratch_ = np.ones(2)
+    try:
+        path = fitted.save(tmp_path / "m.npz")
+    finally:
+        del fitted._scratch_
+    with np.load(path) as archive:
+        header = json.loads(str(archive["__dmc__"]))
+    assert "_scratch_" not in header["state"]
+
+
+def _edited_load(cls, path, tmp_path, state_changes=(), arrays=()):
+    with np.load(path) as archive:
+        members = {name: archive[name] for name in archive.files}
+    header = json.loads(str(members["__dmc__"]))
+    header["state"].update(dict(state_changes))
+    members.update(dict(arrays))
+    members["__dmc__"] = np.array(json.dumps(header))
+    out = tmp_path / "edited.npz"
+    with open(out, "wb") as file:
+        np.savez(file, **members)
+    return cls.load(out)
+
+
+def test_depth_two_and_inner_shape_checks(problem, fitted, tmp_path):
+    M, mask = problem
+    narrow = _fit(DeepMatrixCompleter(rank=2, depth=2, method="narrow", max_iter=5, random_state=0),
+                  M, mask)
+    path = narrow.save(tmp_path / "narrow.npz")
+    np.testing.assert_array_equal(DeepMatrixCompleter.load(path).transform(), narrow.transform())
+    with pytest.raises(ValueError, match="do not multiply"):
+        _edited_load(DeepMatrixCompleter, path, tmp_path,
+                     arrays={"right_factor_": narrow.right_factor_[:, :-1]})
+    deep = fitted.save(tmp_path / "deep.npz")
+    k = fitted.left_factor_.shape[1]
+    for name in ("inner_factors_.0", "inner_factors_.2"):
+        with pytest.raises(ValueError, match="do not multiply"):
+            _edited_load(DeepMatrixCompleter, deep, tmp_path, arrays={name: np.ones((k + 1, k))})
+    with pytest.raises(ValueError, match="not matrices"):
+        _edited_load(DeepMatrixCompleter, deep, tmp_path, state_changes={"left_factor_": 5})
+
+
+@pytest.fixture(scope="module")
+def ratings_file(tmp_path_factory):
+    rng = np.random.default_rng(1)
+    users, items = np.divmod(rng.permutation(120)[:80], 10)  # 12 users, 10 items
+    model = _fit(RatingsCompleter(rank=2, max_iter=5, random_state=0), users, items,
+                 rng.integers(1, 6, 80).astype(float))
+    return model, model.save(tmp_path_factory.mktemp("r") / "r.npz")
+
+
+def test_ratings_state_checks_one_at_a_time(ratings_file, tmp_path):
+    model, path = ratings_file
+    assert RatingsCompleter.load(path).user_ids_.shape == model.user_ids_.shape
+    rows, cols = model.row_factors_, model.column_factors_
+    observed = model._observed
+    bad_arrays = {
+        "user_ids_": np.tile(model.user_ids_, (2, 1)),
+        "item_ids_": np.tile(model.item_ids_, (2, 1)),
+        "row_factors_": rows[:, 0],
+        "column_factors_": cols[:, 0],
+        "row_factors_ ": rows[:-1],
+        "column_factors_ ": cols[:-1],
+        "column_factors_  ": cols[:, :-1],
+        "user_bias_": model.user_bias_[:-1],
+        "item_bias_": model.item_bias_[:-1],
+        "_observed.0": observed[0][:-1],
+        "_observed.1": observed[1].astype(np.float64),
+        "_observed.0 ": observed[0] - observed[0].min() - 1,
+        "_observed.1 ": observed[1] - observed[1].min() - 1,
+        "_observed.0  ": observed[0] + (12 - observed[0].max()),
+        "_observed.1  ": observed[1] + (10 - observed[1].max()),
+    }
+    for name, value in bad_arrays.items():
+        with pytest.raises(ValueError, match="do not fit together|observed pairs"):
+            _edited_load(RatingsCompleter, path, tmp_path, arrays={name.strip(): value})
+    for attribute in ("row_factors_", "column_factors_", "user_bias_", "item_bias_"):
+        value = getattr(model, attribute)
+        with pytest.raises(ValueError, match=f"{attribute} does not hold floating-point numbers"):
+            _edited_load(RatingsCompleter, path, tmp_path, arrays={attribute: value.astype(np.int64)})
+    for state, message in (({"_observed": 5}, "observed pairs"),
+                           ({"_observed": {"__tuple__": [{"__array__": "_observed.0"}]}}, "observed pairs"),
+                           ({"_observed": {"__list__": [{"__array__": "_observed.0"},
+                                                        {"__array__": "_observed.1"}]}}, "observed pairs"),
+                           ({"rating_range_": {"__tuple__": [1.0]}}, "rating_range_"),
+                           ({"rating_range_": {"__tuple__": [1, 5]}}, "rating_range_")):
+        with pytest.raises(ValueError, match=message):
+            _edited_load(RatingsCompleter, path, tmp_path, state_changes=state)
+    empty = _edited_load(RatingsCompleter, path, tmp_path,
+                         arrays={"_observed.0": observed[0][:0], "_observed.1": observed[1][:0]})
+    assert empty._observed[0].size == 0
+
+
+def test_missing_state_entries_are_damage(fitted, ratings_file, tmp_path):
+    def without(path, cls, name):
+        with np.load(path) as archive:
+            members = {n: archive[n] for n in archive.files}
+        header = json.loads(str(members["__dmc__"]))
+        del header["state"][name]
+        members["__dmc__"] = np.array(json.dumps(header))
+        out = tmp_path / "without.npz"
+        with open(out, "wb") as file:
+            np.savez(file, **members)
+        return cls.load(out)
+
+    deep = fitted.save(tmp_path / "deep.npz")
+    with pytest.raises(ValueError, match="do not multiply to shape_ None"):
+        without(deep, DeepMatrixCompleter, "shape_")
+    _, path = ratings_file
+    with pytest.raises(ValueError, match="observed pairs"):
+        without(path, RatingsCompleter, "_observed")
+    with pytest.raises(ValueError, match="rating_range_ is None"):
+        without(path, RatingsCompleter, "rating_range_")
+    with pytest.raises(ValueError, match="right_factor_ does not hold floating-point numbers"):
+        _edited_load(DeepMatrixCompleter, deep, tmp_path,
+                     arrays={"right_factor_": fitted.right_factor_.astype(np.int64)})
+    with pytest.raises(ValueError, match="its backend_ entry is"):
+        _edited_load(DeepMatrixCompleter, deep, tmp_path, state_changes={"backend_": {"device": "cpu"}})
+
+
+def test_ids_must_be_one_dimensional(ratings_file, tmp_path):
+    model, path = ratings_file
+    for name in ("user_ids_", "item_ids_"):
+        column = getattr(model, name).reshape(-1, 1)  # right length, wrong number of dimensions
+        with pytest.raises(ValueError, match="do not fit together"):
+            _edited_load(RatingsCompleter, path, tmp_path, arrays={name: column})
+
+
+def test_only_the_factors_move_to_the_backend(fitted, tmp_path):
+    torch = pytest.importorskip("torch")
+    on_torch = DeepMatrixCompleter.load(fitted.save(tmp_path / "m.npz"), backend="torch", device="cpu")
+    assert isinstance(on_torch.right_factor_, torch.Tensor)
+    assert all(isinstance(v, np.ndarray) for v in on_torch.history_.values())
+    assert isinstance(on_torch.initial_singular_values_, np.ndarray)

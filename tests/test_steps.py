@@ -241,3 +241,302 @@ def test_float32_tiny_gradients_do_not_divide_by_zero(rule):
                                 max_iter=30, random_state=0).fit((M * 1e-12).astype(np.float32), mask)
     assert np.all(np.isfinite(model.history_["step_size"]))
     assert np.all(np.isfinite(model.transform()))
+
+
+# -- unit checks with hand-computed values (found by mutation testing, tools/mutation.py)
+
+def _context(**kwargs):
+    values = dict(lr=0.1, outer_ratio=0.01, target_scale=4.0, observed_fraction=0.5)
+    values.update(kwargs)
+    return steps.StepContext(**values)
+
+
+def _diagonal_factors(inner_diagonals, m=3, n=2):
+    """Factors with diagonal inner factors, so products and norms are by hand."""
+    k = len(inner_diagonals[0])
+    return models.DeepFactors(np.ones((m, k)), [np.diag(np.asarray(d, float)) for d in inner_diagonals],
+                              np.ones((n, k)))
+
+
+def test_constant_step_defaults_and_step_size():
+    assert steps.StepContext(1.0, 1.0, 1.0, 1.0).xp is np
+    factors = _diagonal_factors([[1.0, 1.0], [1.0, 1.0]])
+    rule = steps.ConstantStep()
+    assert rule.step_sizes is None
+    state = rule.init(factors, _context())
+    assert state["steps"] == pytest.approx([0.001, 0.1, 0.1, 0.001], rel=1e-15)
+    assert rule.step_size(state) == pytest.approx(0.1)
+    two = steps.ConstantStep([3, 2])
+    assert two.step_sizes == [3.0, 2.0] and all(type(s) is float for s in two.step_sizes)
+    assert two.step_size({"steps": [3.0, 2.0]}) == 3.0
+    assert steps.ConstantStep([1.0, 5.0, 7.0]).step_size({"steps": [1.0, 5.0, 7.0]}) == 5.0
+    with pytest.raises(ValueError, match="3 step sizes for 4 factors"):
+        steps.ConstantStep([1.0, 2.0, 3.0]).init(factors, None)
+    grads = _diagonal_factors([[2.0, 2.0], [3.0, 3.0]])
+    updates, _ = steps.ConstantStep([0.5, 0.0, 2.0, 1.0]).update(
+        factors, grads, {"steps": [0.5, 0.0, 2.0, 1.0]})
+    assert updates[1] is None
+    np.testing.assert_array_equal(updates[0], 0.5 * np.ones((3, 2)))
+    np.testing.assert_array_equal(updates[2], 2.0 * np.diag([3.0, 3.0]))
+    np.testing.assert_array_equal(updates[3], np.ones((2, 2)))
+
+
+def test_norm_tiny_smallest():
+    x = np.array([[3.0, 0.0], [0.0, 4.0]])
+    assert float(steps._norm(x, np)) == 5.0
+    assert steps._tiny(np.zeros(2, np.float32), np) == float(np.finfo(np.float32).tiny)
+    assert steps._tiny(np.zeros(2), np) == float(np.finfo(np.float64).tiny)
+    assert float(steps._smallest([np.float64(3.0), np.float64(1.0), np.float64(2.0)], np)) == 1.0
+
+
+def test_power_iteration_two_warm_steps_hand_computed():
+    C = np.diag([3.0, 1.0])
+    v0 = np.ones(2) / np.sqrt(2)
+    sigma, v = steps._top_singular_value(C, v0, np)
+    # C^T C = diag(9, 1): two steps give (81, 1) / sqrt(6562); sigma = ||C v||
+    v_expected = np.array([81.0, 1.0]) / np.sqrt(6562.0)
+    np.testing.assert_allclose(v, v_expected, rtol=1e-14)
+    assert float(sigma) == pytest.approx(np.sqrt(243.0**2 + 1.0) / np.sqrt(6562.0), rel=1e-14)
+    sigma1, v1 = steps._top_singular_value(C, v0, np, iterations=1)
+    np.testing.assert_allclose(v1, np.array([9.0, 1.0]) / np.sqrt(82.0), rtol=1e-14)
+    # the zero matrix: the guard keeps the vector finite
+    sigma0, vz = steps._top_singular_value(np.zeros((2, 2)), v0, np)
+    assert float(sigma0) == 0.0 and np.all(vz == 0.0)
+
+
+def test_relative_step_init_state():
+    factors = _diagonal_factors([[1.0] * 4, [1.0] * 4, [1.0] * 4])
+    state = steps.RelativeStep().init(factors, _context())
+    np.testing.assert_allclose(state["vector"], np.full(4, 0.5), rtol=1e-15)
+    assert state["eta"] == 0.1 and state["exponent"] == pytest.approx(4.0 / 3.0, rel=1e-15)
+    assert steps.RelativeStep().tau == 0.05 and type(steps.RelativeStep(1 / 4).tau) is float
+    with pytest.raises(ValueError, match="at least one inner factor"):
+        steps.RelativeStep().init(models.DeepFactors(np.ones((3, 2)), [], np.ones((2, 2))), _context())
+
+
+@pytest.mark.parametrize("tau", [0, 1, -0.5, 1.5, "0.1", None])
+def test_relative_step_tau_must_be_in_the_open_unit_interval(tau):
+    with pytest.raises(ValueError, match="tau must be a number in"):
+        steps.RelativeStep(tau=tau)
+
+
+@pytest.mark.parametrize("a, g, lr, target, expected", [
+    # inner = [a I, a I] (k = 2), grads = [g I, 2 g I]; product a^2 I, sigma = a^2, exponent 1
+    # relative = tau * min(a/g, a/(2g)) = 0.1 * a / (2 g); stable = lr * target / a^2
+    (1.0, 1.0, 0.01, 100.0, 0.05),     # relative 0.05 > lr; stable 1: relative binds
+    (1.0, 1.0, 0.2, 100.0, 0.2),       # relative 0.05 < lr: lr binds
+    (2.0, 1.0, 0.01, 2.0, 0.005),      # relative 0.1, stable 0.01 * 2 / 4 = 0.005 binds
+])
+def test_relative_step_scalar_hand_computed(a, g, lr, target, expected):
+    factors = _diagonal_factors([[a, a], [a, a]])
+    grads = _diagonal_factors([[g, g], [2 * g, 2 * g]])
+    grads.left = np.full((3, 2), 3.0)
+    grads.right = np.full((2, 2), 5.0)
+    context = _context(lr=lr, outer_ratio=0.5, target_scale=target)
+    rule = steps.RelativeStep(tau=0.1)
+    state = rule.init(factors, context)
+    updates, state = rule.update(factors, grads, state)
+    eta = float(state["eta"])
+    assert eta == pytest.approx(expected, rel=1e-12)
+    assert float(rule.step_size(state)) == eta
+    np.testing.assert_allclose(updates[0], np.full((3, 2), 3.0 * 0.5 * eta), rtol=1e-12)
+    np.testing.assert_allclose(updates[1], eta * np.diag([g, g]), rtol=1e-12)
+    np.testing.assert_allclose(updates[2], eta * np.diag([2 * g, 2 * g]), rtol=1e-12)
+    np.testing.assert_allclose(updates[3], np.full((2, 2), 5.0 * 0.5 * eta), rtol=1e-12)
+
+
+def test_relative_step_stable_term_uses_the_depth_exponent():
+    # three inner factors 2 I: product 8 I, sigma 8, exponent 4/3; tiny tau, so
+    # eta = min(lr, lr * (target / 8)^(4/3)) with target 1: lr * 16^(-1) ... by hand
+    factors = _diagonal_factors([[2.0, 2.0]] * 3)
+    grads = _diagonal_factors([[1.0, 1.0]] * 3)
+    rule = steps.RelativeStep(tau=1e-6)
+    state = rule.init(factors, _context(lr=0.3, target_scale=1.0))
+    _, state = rule.update(factors, grads, state)
+    assert float(state["eta"]) == pytest.approx(0.3 * (1.0 / 8.0) ** (4.0 / 3.0), rel=1e-12)
+
+
+@pytest.mark.parametrize("name, value", [("damping", 0), ("damping", -1.0), ("newton", 0),
+                                         ("newton", 2), ("outer", 0), ("outer", 2), ("tau", 0),
+                                         ("tau", 1), ("tau", "x")])
+def test_preconditioned_parameter_ranges(name, value):
+    with pytest.raises(ValueError, match=f"{name} must be a number in"):
+        steps.PreconditionedStep(**{name: value})
+
+
+def test_preconditioned_defaults_and_init_hand_computed():
+    rule = steps.PreconditionedStep()
+    assert (rule.damping, rule.newton, rule.outer, rule.tau) == (1e-2, 0.5, 0.3, 0.2)
+    edge = steps.PreconditionedStep(damping=1e9, newton=1.999, outer=1.999, tau=0.999)
+    assert edge.newton == 1.999
+    factors = _diagonal_factors([[1.0, 1.0, 1.0]] * 2)
+    state = steps.PreconditionedStep(damping=0.5, newton=0.8).init(factors, _context(target_scale=9.0))
+    # lambda_d = 0.5 * 9^(2 d / 2) = 0.5 * 9^d for d = 0, 1, 2; eta_max = 0.8 / (2 * 0.5)
+    np.testing.assert_allclose(state["dampings"], [0.5, 4.5, 40.5], rtol=1e-15)
+    assert state["eta_max"] == pytest.approx(0.8) and state["eta"] == state["eta_max"]
+    np.testing.assert_array_equal(state["eye"], np.eye(3))
+    with pytest.raises(ValueError, match="at least one inner factor"):
+        rule.init(models.DeepFactors(np.ones((3, 2)), [], np.ones((2, 2))), _context())
+
+
+def test_preconditioned_eta_capped_by_the_newton_step():
+    # large tau: eta = eta_max = newton / (depth p) = 0.5 / (2 * 0.25) = 1
+    rng = np.random.default_rng(0)
+    f = _random_factors(rng, 6, 5, 3, 2)
+    grads = _random_factors(rng, 6, 5, 3, 2, scale=1e-9)  # tiny inner directions
+    rule = steps.PreconditionedStep(tau=0.999)
+    state = rule.init(f, _context(observed_fraction=0.25))
+    _, state = rule.update(f, grads, state)
+    assert float(state["eta"]) == 1.0 and rule.step_size(state) is state["eta"]
+
+
+@pytest.mark.parametrize("beta", [-0.1, 1.0, 2, "0.5", None])
+def test_momentum_beta_range(beta):
+    with pytest.raises(ValueError, match="beta must be a number in"):
+        steps.Momentum("constant", beta=beta)
+
+
+def test_momentum_accepts_names_and_zero_beta_is_the_rule():
+    m = steps.Momentum("constant")
+    assert isinstance(m.rule, steps.ConstantStep) and m.beta == 0.8
+    factors = _diagonal_factors([[1.0, 1.0]])
+    rule = steps.Momentum(steps.ConstantStep([1.0, 0.5, 0.0]), beta=0.0)
+    state = rule.init(factors, None)
+    assert state["velocity"] is None
+    for _ in range(3):
+        grads = _diagonal_factors([[2.0, 2.0]])
+        updates, state = rule.update(factors, grads, state)
+        np.testing.assert_array_equal(updates[0], np.ones((3, 2)))
+        np.testing.assert_array_equal(updates[1], np.diag([1.0, 1.0]))
+        assert updates[2] is None
+    assert rule.step_size(state) == 0.5
+
+
+def test_momentum_first_velocity_is_a_copy():
+    factors = _diagonal_factors([[1.0, 1.0]])
+    rule = steps.Momentum(steps.ConstantStep([1.0, 1.0, 1.0]), beta=0.5)
+    state = rule.init(factors, None)
+    grads = _diagonal_factors([[2.0, 2.0]])
+    updates, state = rule.update(factors, grads, state)
+    grads.left[...] = 100.0  # the rule's update was this array: the velocity must not follow
+    np.testing.assert_array_equal(state["velocity"][0], np.ones((3, 2)))
+
+
+def test_make_step_rule():
+    assert type(steps.make_step_rule("constant")) is steps.ConstantStep
+    assert type(steps.make_step_rule("preconditioned")) is steps.PreconditionedStep
+    adaptive = steps.make_step_rule("adaptive")
+    assert type(adaptive) is steps.Momentum and adaptive.beta == 0.5
+    assert type(adaptive.rule) is steps.RelativeStep and adaptive.rule.tau == 0.05
+    rule = steps.RelativeStep()
+    assert steps.make_step_rule(rule) is rule
+    with pytest.raises(ValueError, match=r"step_rule must be one of \['adaptive', 'constant', "
+                                         r"'preconditioned'\] or a step rule object; got 'x'"):
+        steps.make_step_rule("x")
+
+    class Partial:
+        def init(self, factors, context):
+            return None
+
+        def update(self, factors, grads, state):
+            return [], state
+    with pytest.raises(TypeError, match="init, update and step_size"):
+        steps.make_step_rule(Partial())
+    assert set(steps.STEP_RULES) == {"constant", "adaptive", "preconditioned"}
+
+
+def test_relative_step_with_zero_inner_gradients_takes_the_stable_step():
+    # inner gradients exactly zero (outer ones not): the relative bound is infinite,
+    # so the step is the stability limit lr * target / sigma = 0.1 * 100 / 1 = 10
+    factors = _diagonal_factors([[1.0, 1.0], [1.0, 1.0]])
+    grads = _diagonal_factors([[0.0, 0.0], [0.0, 0.0]])
+    rule = steps.RelativeStep()
+    state = rule.init(factors, _context(lr=0.1, target_scale=100.0, outer_ratio=1.0))
+    updates, state = rule.update(factors, grads, state)
+    assert float(state["eta"]) == pytest.approx(10.0, rel=1e-12)
+    np.testing.assert_allclose(updates[0], 10.0 * np.ones((3, 2)), rtol=1e-12)
+
+
+def test_relative_step_from_zero_inner_factors_is_lr():
+    factors = _diagonal_factors([[0.0, 0.0], [0.0, 0.0]])
+    grads = _diagonal_factors([[1.0, 1.0], [1.0, 1.0]])
+    rule = steps.RelativeStep()
+    state = rule.init(factors, _context(lr=0.1, target_scale=100.0))
+    with np.errstate(over="ignore"):  # as in the solver: the stability bound is inf here
+        _, state = rule.update(factors, grads, state)
+    assert float(state["eta"]) == 0.1
+
+
+def test_relative_step_with_one_inner_factor():
+    factors = _diagonal_factors([[2.0, 2.0, 2.0]])
+    grads = _diagonal_factors([[1.0, 1.0, 1.0]])
+    rule = steps.RelativeStep(tau=0.5)
+    state = rule.init(factors, _context(lr=0.1, target_scale=8.0))
+    np.testing.assert_allclose(state["vector"], np.full(3, 1 / np.sqrt(3)), rtol=1e-15)
+    assert state["exponent"] == 0.0
+    _, state = rule.update(factors, grads, state)
+    # relative 0.5 * 2 / 1 = 1; stable lr * (8 / 2)^0 = 0.1
+    assert float(state["eta"]) == pytest.approx(0.1)
+
+
+def test_preconditioned_step_with_zero_inner_gradients_takes_the_newton_cap():
+    rng = np.random.default_rng(1)
+    f = _random_factors(rng, 6, 5, 3, 2)
+    grads = _random_factors(rng, 6, 5, 3, 2, scale=0.0)
+    rule = steps.PreconditionedStep()
+    state = rule.init(f, _context(observed_fraction=0.25))
+    updates, state = rule.update(f, grads, state)
+    assert float(state["eta"]) == 1.0  # newton / (depth p) = 0.5 / (2 * 0.25)
+    assert np.all(np.isfinite(updates[0])) and np.any(updates[0] != 0)
+
+
+def test_preconditioned_step_keeps_float32():
+    rng = np.random.default_rng(2)
+    f = _random_factors(rng, 6, 5, 3, 2)
+    grads = _random_factors(rng, 6, 5, 3, 2)
+    f = models.DeepFactors.from_arrays([a.astype(np.float32) for a in f.arrays()])
+    grads = models.DeepFactors.from_arrays([a.astype(np.float32) for a in grads.arrays()])
+    rule = steps.PreconditionedStep()
+    state = rule.init(f, _context())
+    assert state["eye"].dtype == np.float32
+    updates, _ = rule.update(f, grads, state)
+    assert all(u.dtype == np.float32 for u in updates)
+
+
+def test_momentum_keeps_the_state_its_rule_returns():
+    class Counting:
+        """Returns a new state each step; its updates are the step count."""
+
+        def init(self, factors, context):
+            return 0
+
+        def update(self, factors, grads, state):
+            return [np.full(a.shape, float(state + 1)) for a in grads.arrays()], state + 1
+
+        def step_size(self, state):
+            return float(state)
+
+    factors = _diagonal_factors([[1.0, 1.0]])
+    rule = steps.Momentum(Counting(), beta=0.5)
+    state = rule.init(factors, None)
+    velocities = []
+    for _ in range(3):
+        updates, state = rule.update(factors, factors, state)
+        velocities.append(float(updates[1][0, 0]))
+    assert velocities == [1.0, 0.5 * 1.0 + 2.0, 0.5 * 2.5 + 3.0]
+    assert rule.step_size(state) == 3.0
+
+
+def test_relative_step_warm_starts_the_power_iteration():
+    # product diag(3, 1): each step runs two more iterations from the stored vector,
+    # so after two steps the vector is (3^8, 1) / norm and sigma follows it
+    factors = _diagonal_factors([[3.0, 1.0], [1.0, 1.0]])
+    grads = _diagonal_factors([[1.0, 1.0], [1.0, 1.0]])
+    rule = steps.RelativeStep(tau=1e-9)
+    state = rule.init(factors, _context(lr=0.1, target_scale=0.3))
+    _, state = rule.update(factors, grads, state)
+    np.testing.assert_allclose(state["vector"], np.array([81.0, 1.0]) / np.hypot(81.0, 1.0), rtol=1e-14)
+    _, state = rule.update(factors, grads, state)
+    np.testing.assert_allclose(state["vector"], np.array([3.0**8, 1.0]) / np.hypot(3.0**8, 1.0), rtol=1e-14)
+    sigma = np.hypot(3.0**9, 1.0) / np.hypot(3.0**8, 1.0)
+    assert float(state["eta"]) == pytest.approx(0.1 * 0.3 / sigma, rel=1e-12)

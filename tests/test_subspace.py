@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -75,3 +76,158 @@ def test_rank_deficient_basis_is_completed():
     assert V.shape == (20, 4)
     np.testing.assert_allclose(V.T @ V, np.eye(4), atol=1e-12)
     np.testing.assert_allclose(V @ (V.T @ spectrum.right), spectrum.right, atol=1e-10)
+
+
+# -- against explicit constructions (found by mutation testing, tools/mutation.py)
+
+def _explicit_q(shape, seed, n_reflections=8):
+    """``[I_m 0] H_1 ... H_h S P [I_n; 0]^T`` built densely from the same draws."""
+    m, n = shape
+    d = max(m, n)
+    h = min(n_reflections, d)
+    rng = np.random.default_rng(seed)
+    permutation = rng.permutation(d)
+    signs = rng.choice(np.array([-1.0, 1.0]), size=d)
+    Y = rng.standard_normal((d, h))
+    H = np.eye(d)
+    for j in range(h):
+        y = Y[:, j] / np.linalg.norm(Y[:, j])
+        H = H @ (np.eye(d) - 2.0 * np.outer(y, y))
+    E = np.zeros((d, n))
+    E[permutation[:n], np.arange(n)] = signs[:n]  # column i goes to row permutation[i], signed
+    return (H @ E)[:m]
+
+
+@pytest.mark.parametrize("shape, n_reflections", [((9, 6), 8), ((6, 9), 8), ((7, 7), 3), ((4, 3), 8),
+                                                  ((5, 5), None), ((12, 10), None)])
+def test_random_orthogonal_is_the_explicit_reflection_product(shape, n_reflections):
+    kwargs = {} if n_reflections is None else {"n_reflections": n_reflections}
+    q = subspace.RandomOrthogonal(shape, np.random.default_rng(11), **kwargs)
+    expected = _explicit_q(shape, 11, 8 if n_reflections is None else n_reflections)
+    np.testing.assert_allclose(q.dense(), expected, atol=1e-12)
+    X = np.random.default_rng(0).standard_normal((shape[1], 3))
+    np.testing.assert_allclose(q.matvec(X), expected @ X, atol=1e-12)
+    Y = np.random.default_rng(1).standard_normal((shape[0], 2))
+    np.testing.assert_allclose(q.rmatvec(Y), expected.T @ Y, atol=1e-12)
+    rows = np.array([0, shape[0] - 1, 1, 2])
+    cols = np.array([shape[1] - 1, 0, 2, 1])
+    np.testing.assert_allclose(q.entries(rows, cols), expected[rows, cols], atol=1e-12)
+    np.testing.assert_allclose(q.entries(rows, cols, chunk=3), expected[rows, cols], atol=1e-12)
+    assert q.shape == shape
+
+
+def test_random_orthogonal_float32_input_is_computed_in_float64():
+    q = subspace.RandomOrthogonal((6, 4), np.random.default_rng(2))
+    X = np.random.default_rng(3).standard_normal((4, 2)).astype(np.float32)
+    assert q.matvec(X).dtype == np.float64 and q.rmatvec(q.matvec(X)).dtype == np.float64
+    np.testing.assert_allclose(q.matvec(X), q.dense() @ X.astype(np.float64), atol=1e-12)
+    Y = np.random.default_rng(4).standard_normal((6, 2)).astype(np.float32)
+    assert q.rmatvec(Y).dtype == np.float64
+    np.testing.assert_allclose(q.rmatvec(Y), q.dense().T @ Y.astype(np.float64), rtol=1e-12, atol=1e-12)
+
+
+def test_dense_orthogonal_wraps_the_matrix():
+    Q = np.linalg.qr(np.random.default_rng(4).standard_normal((6, 3)))[0].astype(np.float32)
+    q = subspace.DenseOrthogonal(Q)
+    assert q.shape == (6, 3) and q.dense().dtype == np.float64
+    np.testing.assert_array_equal(q.dense(), Q.astype(np.float64))
+    X = np.ones((3, 2))
+    np.testing.assert_allclose(q.matvec(X), Q.astype(np.float64) @ X)
+    np.testing.assert_allclose(q.rmatvec(np.ones((6, 1))), Q.T.astype(np.float64) @ np.ones((6, 1)))
+    np.testing.assert_array_equal(q.entries(np.array([5, 0]), np.array([2, 1])), [Q[5, 2], Q[0, 1]])
+
+
+def test_initial_gradient_of_float32_data_is_float64():
+    M, mask = make_low_rank((8, 6), 2, 0.6, random_state=0)
+    obs = as_observations(M.astype(np.float32), mask)
+    q = subspace.DenseOrthogonal(np.eye(8, 6))
+    G0 = subspace.initial_gradient(obs, q, 0.5)
+    assert G0.dtype == np.float64 and G0.shape == (8, 6)
+    expected = np.where(mask, 0.5 * np.eye(8, 6) - M.astype(np.float32).astype(np.float64), 0.0)
+    np.testing.assert_allclose(G0.toarray(), expected, atol=1e-15)
+
+
+@pytest.mark.parametrize("shape, rank", [((12, 9), 2), ((9, 12), 3), ((6, 4), 4), ((4, 6), 5), ((5, 5), 1)])
+def test_top_singular_triplets_match_a_dense_svd(shape, rank):
+    rng = np.random.default_rng(7)
+    G = sp.random(*shape, density=0.6, random_state=8, format="csr") + sp.eye(*shape, format="csr")
+    spectrum = subspace.top_singular_triplets(G.tocsr(), rank, rng)
+    u, s, vt = np.linalg.svd(G.toarray(), full_matrices=False)
+    r = min(rank, min(shape))
+    assert spectrum.left.shape == (shape[0], r) and spectrum.right.shape == (shape[1], r)
+    np.testing.assert_allclose(spectrum.singular_values, s[:r], rtol=1e-10)
+    # vectors up to sign: the triplets reproduce G's best rank-r approximation
+    np.testing.assert_allclose(spectrum.left @ np.diag(spectrum.singular_values) @ spectrum.right.T,
+                               u[:, :r] @ np.diag(s[:r]) @ vt[:r], atol=1e-10)
+    np.testing.assert_allclose(G @ spectrum.right, spectrum.left * spectrum.singular_values, atol=1e-10)
+
+
+def test_top_singular_triplets_are_reproducible_from_the_rng():
+    G = (sp.random(30, 20, density=0.3, random_state=1, format="csr") + sp.eye(30, 20)).tocsr()
+    a = subspace.top_singular_triplets(G, 3, np.random.default_rng(5))
+    b = subspace.top_singular_triplets(G, 3, np.random.default_rng(5))
+    np.testing.assert_array_equal(a.left, b.left)
+    np.testing.assert_array_equal(a.right, b.right)
+
+
+def test_orthonormal_basis_full_rank_is_the_range():
+    rng = np.random.default_rng(9)
+    B = rng.standard_normal((10, 4))
+    basis = subspace._orthonormal_basis(B, 4, rng)
+    assert basis.shape == (10, 4)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(4), atol=1e-12)
+    np.testing.assert_allclose(basis @ (basis.T @ B), B, atol=1e-12)
+
+
+def test_orthonormal_basis_drops_tiny_directions_and_completes():
+    rng = np.random.default_rng(10)
+    a = rng.standard_normal((10, 2))
+    # third column is in span(a) up to 1e-12 relative: numerically rank 2
+    B = np.hstack([a, a @ np.array([[1.0], [2.0]]) + 1e-12 * rng.standard_normal((10, 1))])
+    basis = subspace._orthonormal_basis(B, 5, rng)
+    assert basis.shape == (10, 5)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(5), atol=1e-12)
+    np.testing.assert_allclose(basis[:, :2] @ (basis[:, :2].T @ a), a, atol=1e-10)
+    # exactly rank-deficient: the extra directions are orthogonal to the range
+    C = np.hstack([a, a])
+    basis = subspace._orthonormal_basis(C, 4, rng)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(4), atol=1e-12)
+    np.testing.assert_allclose(basis[:, 2:].T @ a, 0.0, atol=1e-12)
+
+
+def test_orthonormal_basis_keeps_small_but_real_directions():
+    rng = np.random.default_rng(12)
+    B = np.hstack([rng.standard_normal((8, 1)), 1e-8 * rng.standard_normal((8, 1))])
+    basis = subspace._orthonormal_basis(B, 2, rng)
+    np.testing.assert_allclose(basis @ (basis.T @ B), B, atol=1e-20)
+
+
+@pytest.mark.parametrize("scale", [1e-16, 1e-8, 1.0, 1e8])
+def test_orthonormal_basis_threshold_is_relative_to_the_largest_singular_value(scale):
+    rng = np.random.default_rng(13)
+    B = scale * rng.standard_normal((10, 3))
+    basis = subspace._orthonormal_basis(B, 3, rng)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(basis @ (basis.T @ B), B, atol=1e-12 * scale)
+
+
+def test_orthonormal_basis_drops_a_direction_below_1e_10_of_the_largest():
+    rng = np.random.default_rng(14)
+    a1, a2, noise = rng.standard_normal((3, 12, 1))
+    # singular values about 1, 1e-2 and 1e-11 relative: the last is dropped
+    B = 1e6 * np.hstack([a1, 1e-2 * a2, a1 + 1e-11 * noise])
+    u, s, _ = np.linalg.svd(B, full_matrices=False)
+    assert 1e-12 * s[0] < s[2] < 1e-10 * s[0]
+    basis = subspace._orthonormal_basis(B, 3, rng)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(np.abs(basis[:, :2].T @ u[:, :2]), np.eye(2), atol=1e-8)
+    # the third column is a random completion, not the dropped singular vector
+    assert abs(basis[:, 2] @ u[:, 2]) < 0.9
+
+
+def test_orthonormal_basis_completes_a_single_missing_direction():
+    rng = np.random.default_rng(15)
+    a = rng.standard_normal((9, 3))
+    basis = subspace._orthonormal_basis(np.hstack([a, a[:, :1]]), 4, rng)
+    assert basis.shape == (9, 4)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(4), atol=1e-12)
