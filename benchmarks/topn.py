@@ -1,0 +1,285 @@
+"""Top-N recommendation on MovieLens 100K: P@10, R@10, NDCG@10 and fit times.
+
+Protocol (issue 15): train on ``uN.base`` as implicit feedback (who rated
+what); a user's relevant items are their ``uN.test`` items rated >= 4;
+every training item is ranked for every user with at least one relevant
+item, the user's training items excluded.  Rows:
+
+* popularity (number of training ratings);
+* PureSVD (truncated SVD of the 0/1 matrix; a few factor counts);
+* EASE (closed form; lambda tuned on a validation split of the training data);
+* implicit's ALS and BPR when the package imports (optional);
+* ``RatingsCompleter`` (defaults; ranks by predicted rating);
+* ``InteractionsCompleter`` (its settings chosen on the same validation split).
+
+Tuning never looks at ``uN.test``: 10% of each user's training interactions
+(users with >= 5) are held out as a validation split, the candidates are
+scored on it (NDCG@10 against the held-out items rated >= 4, all other
+training items excluded), and the winner is refitted on the full training
+split.
+
+    python benchmarks/topn.py                  # u1..u5: results/topn.json + README section
+    python benchmarks/topn.py --quick          # u1 only, fewer candidates, nothing written
+    python benchmarks/topn.py --large          # also the synthetic 1e6 x 1e5 step-cost run
+
+Threads are limited to ``--threads`` (default 1) before NumPy is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ml-100k"
+SECTION = "topn"
+K = 10
+RELEVANT_RATING = 4
+PURESVD_FACTORS = (10, 20, 50, 100)
+EASE_LAMBDAS = (100.0, 250.0, 500.0, 1000.0)
+
+
+def _limit_threads(n):
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[var] = str(n)
+
+
+def _parse(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="ml-100k folder")
+    parser.add_argument("--quick", action="store_true", help="u1 only, fewer candidates, no files")
+    parser.add_argument("--splits", nargs="*", default=None)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--large", action="store_true",
+                        help="also time steps on a synthetic 1e6 x 1e5 matrix with 2e7 interactions")
+    parser.add_argument("--large-only", action="store_true")
+    parser.add_argument("--output", default=str(HERE / "results" / "topn.json"))
+    parser.add_argument("--readme", default=str(HERE / "README.md"))
+    parser.add_argument("--render-only", action="store_true")
+    return parser.parse_args(argv)
+
+
+# -- data and evaluation --------------------------------------------------------
+class Task:
+    """A train matrix (0/1, users x training items) and the relevant items per evaluated user."""
+
+    def __init__(self, users, items, ratings, test_users, test_items, test_ratings):
+        import numpy as np
+        import scipy.sparse as sp
+
+        self.user_ids, rows = np.unique(users, return_inverse=True)
+        self.item_ids, cols = np.unique(items, return_inverse=True)
+        self.users, self.items, self.ratings = users, items, ratings
+        shape = (self.user_ids.size, self.item_ids.size)
+        self.X = sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=shape)
+        keep = test_ratings >= RELEVANT_RATING
+        t_users, t_items = test_users[keep], test_items[keep]
+        known = np.isin(t_users, self.user_ids)
+        t_users, t_items = t_users[known], t_items[known]
+        self.eval_users = np.unique(t_users)  # users with >= 1 relevant item
+        self.eval_rows = np.searchsorted(self.user_ids, self.eval_users)
+        order = np.argsort(t_users, kind="stable")
+        t_users, t_items = t_users[order], t_items[order]
+        bounds = np.searchsorted(t_users, np.stack([self.eval_users, self.eval_users + 1]))
+        self.relevant = [t_items[lo:hi] for lo, hi in bounds.T]
+
+    def evaluate(self, scores):
+        """P@K, R@K, NDCG@K of a dense (n_eval_users, n_items) score array."""
+        import numpy as np
+
+        from dmc.metrics import ndcg_at_k, precision_at_k, recall_at_k
+
+        scores = np.array(scores, dtype=np.float64)
+        seen = self.X[self.eval_rows]
+        scores[seen.nonzero()] = -np.inf
+        top = np.argpartition(-scores, K - 1, axis=1)[:, :K]
+        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 1), 1,
+                                                 kind="stable"), 1)
+        ranked = self.item_ids[top]
+        return {"precision": precision_at_k(ranked, self.relevant, K),
+                "recall": recall_at_k(ranked, self.relevant, K),
+                "ndcg": ndcg_at_k(ranked, self.relevant, K)}
+
+
+def validation_task(users, items, ratings, seed, fraction=0.1):
+    """Hold out ``fraction`` of each user's training ratings (users with >= 5): a Task."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    held = np.zeros(users.size, bool)
+    for user in np.unique(users):
+        where = np.flatnonzero(users == user)
+        if where.size >= 5:
+            n = max(1, int(round(fraction * where.size)))
+            held[rng.choice(where, n, replace=False)] = True
+    fit = ~held
+    return Task(users[fit], items[fit], ratings[fit], users[held], items[held], ratings[held])
+
+
+def load_task(data, split):
+    from dmc.datasets import load_movielens_100k
+
+    d = load_movielens_100k(data, split)
+    return Task(d.train.users, d.train.items, d.train.ratings,
+                d.test.users, d.test.items, d.test.ratings)
+
+
+# -- methods: each returns (scores of task.eval_rows, fit seconds) -----------------
+def popularity(task, **_):
+    import numpy as np
+
+    start = time.perf_counter()
+    counts = np.asarray(task.X.sum(axis=0)).ravel()
+    return np.tile(counts, (task.eval_rows.size, 1)), time.perf_counter() - start
+
+
+def puresvd(task, factors, **_):
+    import scipy.sparse.linalg as spla
+
+    start = time.perf_counter()
+    _, _, vt = spla.svds(task.X, k=factors, random_state=0)
+    seconds = time.perf_counter() - start
+    return (task.X[task.eval_rows] @ vt.T) @ vt, seconds
+
+
+def ease(task, lam, **_):
+    import numpy as np
+
+    start = time.perf_counter()
+    G = (task.X.T @ task.X).toarray()
+    G[np.diag_indices_from(G)] += lam
+    P = np.linalg.inv(G)
+    B = -P / np.diag(P)
+    B[np.diag_indices_from(B)] = 0.0
+    seconds = time.perf_counter() - start
+    return task.X[task.eval_rows] @ B, seconds
+
+
+def ratings_completer(task, seed, **_):
+    import warnings
+
+    from dmc import RatingsCompleter
+
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = RatingsCompleter(random_state=seed).fit(task.users, task.items, task.ratings)
+    seconds = time.perf_counter() - start
+    rows = task.eval_rows
+    scores = (model.row_factors_[rows] @ model.column_factors_.T + model.user_bias_[rows, None]
+              + model.item_bias_[None, :])
+    return scores, seconds
+
+
+def interactions_completer(task, seed, params, **_):
+    import warnings
+
+    from dmc import InteractionsCompleter
+
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = InteractionsCompleter(random_state=seed, **params).fit(
+            task.users, task.items, task.ratings)
+    seconds = time.perf_counter() - start
+    return model.user_factors_[task.eval_rows] @ model.item_factors_.T, seconds
+
+
+def implicit_model(task, kind, seed, **_):
+    import numpy as np
+    from implicit.als import AlternatingLeastSquares
+    from implicit.bpr import BayesianPersonalizedRanking
+
+    model = (AlternatingLeastSquares(factors=64, regularization=0.05, iterations=15, random_state=seed)
+             if kind == "als" else
+             BayesianPersonalizedRanking(factors=64, iterations=100, random_state=seed))
+    start = time.perf_counter()
+    model.fit(task.X.tocsr().astype(np.float32), show_progress=False)
+    seconds = time.perf_counter() - start
+    uf, itf = np.asarray(model.user_factors), np.asarray(model.item_factors)
+    return uf[task.eval_rows] @ itf.T, seconds
+
+
+# the InteractionsCompleter candidates compared on the validation split, one change at a time
+INTERACTIONS_BASE = {"rank": 32}
+INTERACTIONS_CANDIDATES = [
+    {},
+    {"popularity_exponent": 0.25},
+    {"popularity_exponent": 0.5},
+    {"alpha": 1.0},
+    {"rank": 64},
+    {"depth": 2},
+    {"init_scale": 0.3},
+]
+
+
+def _row(name, task, method, **kwargs):
+    scores, seconds = method(task, **kwargs)
+    return {"method": name, **task.evaluate(scores), "fit_seconds": seconds}
+
+
+def run_split(data, split, seed, quick, log=print):
+    task = load_task(data, split)
+    val = validation_task(task.users, task.items, task.ratings, seed)
+    rows, tuning = [], {}
+    rows.append(_row("popularity", task, popularity))
+    for f in PURESVD_FACTORS:
+        rows.append(_row(f"PureSVD({f})", task, puresvd, factors=f))
+    val_ease = {lam: val.evaluate(ease(val, lam)[0])["ndcg"] for lam in EASE_LAMBDAS}
+    best_lam = max(val_ease, key=val_ease.get)
+    tuning["ease_validation_ndcg"] = {str(k): v for k, v in val_ease.items()}
+    rows.append(_row(f"EASE(lambda={best_lam:g}, tuned)", task, ease, lam=best_lam))
+    for kind in ("als", "bpr"):
+        try:
+            rows.append(_row(f"implicit {kind.upper()} (64 factors)", task, implicit_model,
+                             kind=kind, seed=seed))
+        except ImportError:
+            tuning[f"implicit_{kind}"] = "not installed"
+    rows.append(_row("RatingsCompleter (defaults)", task, ratings_completer, seed=seed))
+    candidates = INTERACTIONS_CANDIDATES[:2] if quick else INTERACTIONS_CANDIDATES
+    val_dmc = {}
+    for change in candidates:
+        params = {**INTERACTIONS_BASE, **change}
+        val_dmc[json.dumps(change)] = val.evaluate(
+            interactions_completer(val, seed, params)[0])["ndcg"]
+        log(f"  {split} validation {params}: NDCG@10 {val_dmc[json.dumps(change)]:.4f}")
+    best = json.loads(max(val_dmc, key=val_dmc.get))
+    tuning["interactions_validation_ndcg"] = val_dmc
+    rows.append(_row("InteractionsCompleter (defaults)", task, interactions_completer,
+                     seed=seed, params=INTERACTIONS_BASE))
+    rows.append(_row(f"InteractionsCompleter (tuned: {json.dumps(best)})", task,
+                     interactions_completer, seed=seed, params={**INTERACTIONS_BASE, **best}))
+    for row in rows:
+        log(f"  {split} {row['method']:<52} P@10 {row['precision']:.3f} R@10 {row['recall']:.3f} "
+            f"NDCG@10 {row['ndcg']:.3f}  fit {row['fit_seconds']:.2f} s")
+    return {"split": split, "n_eval_users": int(task.eval_rows.size), "rows": rows,
+            "tuning": tuning}
+
+
+def main(argv=None):
+    args = _parse(argv)
+    _limit_threads(args.threads)
+    sys.path.insert(0, str(ROOT))
+    splits = args.splits or (["u1"] if args.quick else ["u1", "u2", "u3", "u4", "u5"])
+    start = time.perf_counter()
+    results = {"machine": platform.processor() or platform.machine(), "threads": args.threads,
+               "seed": args.seed, "k": K, "splits": []}
+    if not args.large_only:
+        for split in splits:
+            results["splits"].append(run_split(args.data, split, args.seed, args.quick))
+    results["wall_seconds"] = time.perf_counter() - start
+    if args.quick:
+        return results
+    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()
