@@ -84,7 +84,7 @@ class InteractionsCompleter(BaseCompleter):
         Step of the inner factors on the normalized target (top singular
         value 1): ``"auto"`` is :func:`dmc.models.spectral_step_size` for a
         fully observed matrix, ``1.5 / depth``, times ``lr_multiplier``.
-    lr_multiplier : float, default=0.5
+    lr_multiplier : float, default=1.0
     gamma : float, default=1.0
         Step size ratio of ``U, V`` to the inner factors.
     step_rule : {"constant", "adaptive", "preconditioned"} or step rule, default="constant"
@@ -101,13 +101,13 @@ class InteractionsCompleter(BaseCompleter):
         Fraction of the interactions held out for early stopping on
         validation NDCG@``validation_k``; 0 turns early stopping off.
     validation_k : int, default=10
-    n_iter_no_change : int, default=10
+    n_iter_no_change : int, default=20
         Records without a better validation NDCG before stopping.
     refit : bool, default=True
         After early stopping, train again on all interactions for the
         number of steps the best state took.
     max_iter : int, default=1000
-    record_every : int, default=5
+    record_every : int, default=10
     backend : {"numpy", "torch", "cupy"}, default="numpy"
         Where training runs; the fitted factors are NumPy arrays (ranking
         runs on the CPU).
@@ -138,10 +138,10 @@ class InteractionsCompleter(BaseCompleter):
 
     _persisted_private = ("_observed",)
 
-    def __init__(self, rank=32, *, depth=3, init_scale=0.1, lr="auto", lr_multiplier=0.5,
+    def __init__(self, rank=32, *, depth=3, init_scale=0.1, lr="auto", lr_multiplier=1.0,
                  gamma=1.0, step_rule="constant", alpha=0.0, popularity_exponent=0.0,
-                 validation_fraction=0.1, validation_k=10, n_iter_no_change=10, refit=True,
-                 max_iter=1000, record_every=5, backend="numpy", device=None, dtype="float64",
+                 validation_fraction=0.1, validation_k=10, n_iter_no_change=20, refit=True,
+                 max_iter=1000, record_every=10, backend="numpy", device=None, dtype="float64",
                  callbacks=None, verbose=0, random_state=None):
         self.rank = rank
         self.depth = depth

@@ -70,10 +70,14 @@ def _hits(recommended, relevant, k):
         raise ValueError(f"k={k} exceeds the {recommended.shape[1]} items recommended per user; "
                          "recommend at least k items.")
     recommended = recommended[:, :k]
-    relevant = [np.unique(np.asarray(list(r) if isinstance(r, (set, frozenset)) else r).ravel())
+    relevant = [np.asarray(list(r) if isinstance(r, (set, frozenset)) else r).ravel()
                 for r in relevant]
-    counts = np.array([r.size for r in relevant], dtype=np.int64)
+    lengths = np.array([r.size for r in relevant], dtype=np.int64)
     flat = np.concatenate(relevant) if relevant else np.zeros(0, recommended.dtype)
+    if flat.size and (recommended.dtype.kind in "USO") != (flat.dtype.kind in "USO"):
+        # NumPy would compare 1 and "1" as equal strings after concatenation
+        raise TypeError("recommended and relevant items must be ids of one comparable type "
+                        f"(got {recommended.dtype} and {flat.dtype}).")
     try:
         vocabulary, codes = np.unique(np.concatenate([recommended.ravel(), flat]),
                                       return_inverse=True)
@@ -84,7 +88,9 @@ def _hits(recommended, relevant, k):
     rec_codes, rel_codes = codes[:recommended.size], codes[recommended.size:]
     width = np.int64(vocabulary.size)
     rec_keys = np.repeat(np.arange(n_users, dtype=np.int64), k) * width + rec_codes
-    rel_keys = np.repeat(np.arange(n_users, dtype=np.int64), counts) * width + rel_codes
+    # distinct (user, item) keys: duplicates within a user's relevant items count once
+    rel_keys = np.unique(np.repeat(np.arange(n_users, dtype=np.int64), lengths) * width + rel_codes)
+    counts = np.bincount(rel_keys // width, minlength=n_users).astype(np.int64)
     hits = np.isin(rec_keys, rel_keys).reshape(n_users, k)
     return hits, counts
 

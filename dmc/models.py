@@ -215,16 +215,17 @@ def gram_loss_and_gradients(factors: DeepFactors, pattern, targets, weights=None
     """
     product = inner_product(factors.inner)
     A, B = _row_factors(factors, product), factors.right
-    x = pattern.sample(A, B)
-    if weights is None:
-        sparse = -targets  # w (x - t) - x with w = 1
-        correction = targets @ targets - 2.0 * (targets @ x)
-    else:
-        difference = x - targets
-        sparse = weights * difference - x
-        correction = (weights * difference) @ difference - x @ x
     gram_a, gram_b = A.T @ A, B.T @ B
-    SB, StA = pattern.products(sparse, A, B)
+    if weights is None:
+        # S = -T is constant and sum over Omega of t x = tr(A^T T B) = -sum(A * (S B)):
+        # no sampling of X on Omega at all
+        SB, StA = pattern.products(-targets, A, B)
+        correction = targets @ targets + 2.0 * (A * SB).sum()
+    else:
+        x = pattern.sample(A, B)
+        difference = x - targets
+        SB, StA = pattern.products(weights * difference - x, A, B)
+        correction = (weights * difference) @ difference - x @ x
     loss = 0.5 * ((gram_a * gram_b).sum() + correction)
     return loss, assemble_gradients(factors, product, A @ gram_b + SB, B @ gram_a + StA)
 
