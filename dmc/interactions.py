@@ -82,8 +82,10 @@ class InteractionsCompleter(BaseCompleter):
         ``eps``: the inner factors start at ``eps * I``.
     lr : "auto" or float, default="auto"
         Step of the inner factors on the normalized target (top singular
-        value 1): ``"auto"`` is :func:`dmc.models.spectral_step_size` for a
-        fully observed matrix, ``1.5 / depth``, times ``lr_multiplier``.
+        value 1): ``"auto"`` is ``1.5 / ((depth + 2 * gamma) * w_max)``, 3/4
+        of the stability limit of the fully observed loss when ``U, V`` move
+        too (``w_max`` the largest interaction weight), times
+        ``lr_multiplier``.
     lr_multiplier : float, default=1.0
     gamma : float, default=1.0
         Step size ratio of ``U, V`` to the inner factors.
@@ -124,7 +126,10 @@ class InteractionsCompleter(BaseCompleter):
         The known ids, sorted.
     user_factors_, item_factors_ : ndarray
         ``scores = user_factors_ @ item_factors_.T`` (in the units of the
-        target; the popularity rescaling is folded into ``item_factors_``).
+        target; the popularity rescaling is folded into ``item_factors_``),
+        balanced: both are the singular vectors of the product times the
+        square roots of its singular values, so that item rows are
+        embeddings (:meth:`similar_items`).
     item_counts_ : ndarray of int
         Training interactions per item.
     scale_, lr_ : float
@@ -220,6 +225,8 @@ class InteractionsCompleter(BaseCompleter):
         start = time.perf_counter()
         self._check_params()
         users, items = _interactions(X, items)
+        if np.size(users) == 0 and np.size(items) == 0:
+            raise ValueError("no interactions: there is nothing to fit.")
         users, items = as_ids("users", users), as_ids("items", items)
         if users.shape != items.shape:
             raise ValueError(f"users and items must be equally long; got {users.size} and {items.size}.")
@@ -240,16 +247,16 @@ class InteractionsCompleter(BaseCompleter):
                 raise ValueError("weights must be finite and >= 0.")
         self.user_ids_, rows = encode_ids(users)
         self.item_ids_, cols = encode_ids(items)
-        shape = (self.user_ids_.size, self.item_ids_.size)
-        if 2 * self.rank > min(shape):
-            raise ValueError(f"rank={self.rank} is too large for {shape[0]} users and {shape[1]} "
-                             f"items: 2 * rank must be <= {min(shape)}.")
         order, repeated = sorted_pairs(rows, cols)
         rows, cols, weights = rows[order], cols[order], weights[order]
         if repeated is not None:
             user, item = self.user_ids_[rows[repeated]].item(), self.item_ids_[cols[repeated]].item()
             raise ValueError(f"user {user!r} interacted with item {item!r} more than once; "
                              "aggregate repeated interactions first (e.g. sum them as weights).")
+        shape = (self.user_ids_.size, self.item_ids_.size)
+        if 2 * self.rank > min(shape):
+            raise ValueError(f"rank={self.rank} is too large for {shape[0]} users and {shape[1]} "
+                             f"items: 2 * rank must be <= {min(shape)}.")
         self._observed = (rows, cols)
         self.item_counts_ = np.bincount(cols, minlength=shape[1])
 
@@ -296,8 +303,8 @@ class InteractionsCompleter(BaseCompleter):
         spectrum = subspace.top_singular_triplets(G0, self.rank, rng)
         U, V = subspace.invariant_subspace(spectrum, q, rng)
         scale = float(spectrum.singular_values[0])
-        lr = ((models.spectral_step_size(1.0, 1.0, L) if self.lr == "auto" else float(self.lr))
-              * self.lr_multiplier)
+        lr = (self._auto_lr(L, 1.0 if confidence is None else float(confidence.max()))
+              if self.lr == "auto" else float(self.lr)) * self.lr_multiplier
         factors = models.init_compressed(np.ascontiguousarray(U), np.ascontiguousarray(V), L, eps)
         float_name = dtype_name(self.dtype)
         factors = models.DeepFactors.from_arrays(
@@ -337,13 +344,25 @@ class InteractionsCompleter(BaseCompleter):
                     ConvergenceWarning, stacklevel=3)
         else:
             best_iter = result.n_iter
-        user_factors, item_factors = self._numpy_factors(factors)
+        user_factors, item_factors = models.balanced_factors(*self._numpy_factors(factors))
         fitted = {
             "scale_": scale, "lr_": lr,
             "user_factors_": scale * user_factors,
             "item_factors_": item_factors / item_scale[:, None],
         }
         return fitted, result, best_iter
+
+    def _auto_lr(self, depth, largest_weight):
+        """``lr="auto"``: 3/4 of the stability limit of the normalized fully observed loss.
+
+        :func:`dmc.models.spectral_step_size` counts the ``depth`` inner
+        factors, each carrying ``sigma ** (1/L)`` of the top singular value
+        (1 after normalization); the outer factors ``U, V`` add ``2 * gamma``
+        more of the same size when they move, and the weights multiply the
+        curvature in X by at most their largest value.
+        """
+        inner_only = models.spectral_step_size(1.0, 1.0, depth)  # 1.5 / depth
+        return inner_only * depth / ((depth + 2.0 * self.gamma) * largest_weight)
 
     @staticmethod
     def _numpy_factors(factors):
@@ -429,7 +448,7 @@ class InteractionsCompleter(BaseCompleter):
                                observed=self._observed, exclude_observed=exclude_observed)
 
     def similar_items(self, item, k=10):
-        """The ``k`` items most similar to ``item`` (cosine of the item factors).
+        """The ``k`` items most similar to ``item`` (cosine of the balanced item factors).
 
         Parameters
         ----------

@@ -48,6 +48,7 @@ __all__ = [
     "dense_loss_and_gradients",
     "assemble_gradients",
     "gram_loss_and_gradients",
+    "balanced_factors",
     "spectral_step_size",
 ]
 
@@ -228,6 +229,22 @@ def gram_loss_and_gradients(factors: DeepFactors, pattern, targets, weights=None
         correction = (weights * difference) @ difference - x @ x
     loss = 0.5 * ((gram_a * gram_b).sum() + correction)
     return loss, assemble_gradients(factors, product, A @ gram_b + SB, B @ gram_a + StA)
+
+
+def balanced_factors(A, B):
+    """``(P S^(1/2), Q S^(1/2))`` with ``A B^T = P S Q^T`` its thin SVD (NumPy).
+
+    The same product, with the singular values split evenly between the two
+    sides and the columns in decreasing order of singular value, so that
+    the rows of either side are embeddings whose geometry (cosines,
+    distances) is that of the product, not of the parametrization.  Costs
+    O((m + n) k^2): two thin QRs and one k x k SVD.
+    """
+    qa, ra = np.linalg.qr(A)
+    qb, rb = np.linalg.qr(B)
+    u, s, vt = np.linalg.svd(ra @ rb.T)
+    root = np.sqrt(s)
+    return (qa @ u) * root, (qb @ vt.T) * root
 
 
 def dense_loss_and_gradients(factors: DeepFactors, mask, filled_values):
