@@ -166,6 +166,11 @@ class RatingsCompleter(BaseCompleter):
     full-batch gradient descent on the observed ratings, with early stopping
     on a held-out part of them (module docstring).
 
+    Use it to predict ratings.  For top-N recommendation (which items to
+    show) use :class:`dmc.InteractionsCompleter`: ranking by predicted rating
+    ranks worse than item popularity on MovieLens 100K, while a model of the
+    full interaction matrix ranks well (docs page "Top-N recommendation").
+
     Parameters
     ----------
     rank : int, default=32
