@@ -197,9 +197,9 @@ def implicit_model(task, kind, seed, **_):
     from implicit.als import AlternatingLeastSquares
     from implicit.bpr import BayesianPersonalizedRanking
 
-    model = (AlternatingLeastSquares(factors=64, regularization=0.05, iterations=15, random_state=seed)
+    model = (AlternatingLeastSquares(factors=64, iterations=15, num_threads=1, random_state=seed)
              if kind == "als" else
-             BayesianPersonalizedRanking(factors=64, iterations=100, random_state=seed))
+             BayesianPersonalizedRanking(factors=64, iterations=100, num_threads=1, random_state=seed))
     start = time.perf_counter()
     model.fit(task.X.tocsr().astype(np.float32), show_progress=False)
     seconds = time.perf_counter() - start
