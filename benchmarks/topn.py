@@ -208,16 +208,23 @@ def implicit_model(task, kind, seed, **_):
 
 
 # the InteractionsCompleter candidates compared on the validation split, one change at a time
-INTERACTIONS_BASE = {"rank": 32}
+INTERACTIONS_BASE = {}  # the estimator's defaults
 INTERACTIONS_CANDIDATES = [
     {},
+    {"rank": 32},
+    {"rank": 96},
     {"popularity_exponent": 0.25},
-    {"popularity_exponent": 0.5},
-    {"alpha": 1.0},
-    {"rank": 64},
-    {"depth": 2},
-    {"init_scale": 0.3},
+    {"alpha": 0.5},
 ]
+
+
+def _validation_ndcg(val, seed, params):
+    from dmc import DivergenceError
+
+    try:
+        return val.evaluate(interactions_completer(val, seed, params)[0])["ndcg"]
+    except DivergenceError:
+        return float("nan")
 
 
 def _row(name, task, method, **kwargs):
@@ -247,10 +254,9 @@ def run_split(data, split, seed, quick, log=print):
     val_dmc = {}
     for change in candidates:
         params = {**INTERACTIONS_BASE, **change}
-        val_dmc[json.dumps(change)] = val.evaluate(
-            interactions_completer(val, seed, params)[0])["ndcg"]
+        val_dmc[json.dumps(change)] = _validation_ndcg(val, seed, params)
         log(f"  {split} validation {params}: NDCG@10 {val_dmc[json.dumps(change)]:.4f}")
-    best = json.loads(max(val_dmc, key=val_dmc.get))
+    best = json.loads(max(val_dmc, key=lambda c: -1.0 if val_dmc[c] != val_dmc[c] else val_dmc[c]))
     tuning["interactions_validation_ndcg"] = val_dmc
     rows.append(_row("InteractionsCompleter (defaults)", task, interactions_completer,
                      seed=seed, params=INTERACTIONS_BASE))
