@@ -329,8 +329,6 @@ class InteractionsCompleter(BaseCompleter):
         rule = steps.make_step_rule(self.step_rule)
         context = steps.StepContext(lr=lr, outer_ratio=float(self.gamma), target_scale=1.0,
                                     observed_fraction=1.0, xp=backend.xp)
-        if isinstance(rule, steps.ConstantStep) and rule.step_sizes is None:
-            rule = steps.ConstantStep([self.gamma * lr] + [lr] * L + [self.gamma * lr])
         with warnings.catch_warnings(), compute_threads(backend):
             warnings.simplefilter("ignore", ConvergenceWarning)  # its tol message does not apply
             result = gradient_descent(

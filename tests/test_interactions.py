@@ -239,3 +239,20 @@ def test_bad_weights_and_queries():
         model.recommend(0, k=0)
     with pytest.raises(TypeError, match="exclude_observed"):
         model.recommend(0, exclude_observed="yes")
+
+
+def test_sklearn_protocol_and_pair_inputs():
+    base = pytest.importorskip("sklearn.base")
+    model = InteractionsCompleter(rank=3, depth=4, random_state=1)
+    copy = base.clone(model)
+    assert copy is not model and copy.get_params() == model.get_params()
+    assert "depth=4" in repr(model)
+    users, items, _, _ = _communities(seed=6)
+    params = dict(FAST, max_iter=40)
+    a = InteractionsCompleter(**params).fit(users, items)
+    b = InteractionsCompleter(**params).fit(np.column_stack([users, items]))
+    np.testing.assert_array_equal(a.user_factors_, b.user_factors_)
+    assert not hasattr(base.clone(a), "user_factors_")
+    pd = pytest.importorskip("pandas")
+    c = InteractionsCompleter(**params).fit(pd.DataFrame({"user_id": users, "item_id": items}))
+    np.testing.assert_array_equal(a.user_factors_, c.user_factors_)
