@@ -328,9 +328,11 @@ def _mean_table(splits):
     lines = ["| method | P@10 | R@10 | NDCG@10 | fit s |", "|---|---|---|---|---|"]
     for i, name in enumerate(names):
         rows = [split["rows"][i] for split in splits]
-        if any(r["method"].split(" (")[0] != name.split(" (")[0] for r in rows):
+        if any(r["method"].split("(")[0] != name.split("(")[0] for r in rows):
             continue
-        label = name if len(splits) == 1 else name.split(" (tuned")[0].split("(lambda=")[0]
+        label = name
+        if len(splits) > 1 and "tuned" in name:  # the tuned choice differs between splits
+            label = name.split("(")[0].rstrip() + " (tuned per split)"
         cells = [np.mean([r[key] for r in rows]) for key in ("precision", "recall", "ndcg",
                                                                "fit_seconds")]
         lines.append(f"| {label} | {cells[0]:.3f} | {cells[1]:.3f} | {cells[2]:.3f} | {cells[3]:.2f} |")
@@ -416,8 +418,17 @@ NOTES = [
     "patience 20, refit on all interactions.",
     "* The fitted model is close to a spectrally filtered PureSVD (the target is fully "
     "observed, so `U, V` start at its top singular subspace); early stopping on validation "
-    "NDCG picks the filter, which is what lifts it above PureSVD at every factor count. It did "
-    "not resolve a gain over EASE on validation data, whose item-item model is full rank.",
+    "NDCG picks the filter. It did not resolve a gain over EASE on validation data, whose "
+    "item-item model is full rank.",
+    "",
+    "Against the issue's targets (run of 2026-12-01, test splits): on u1 InteractionsCompleter "
+    "(defaults) reached NDCG@10 0.443 against EASE's 0.448 (below, within one standard error "
+    "0.012) and above PureSVD at every factor count (best 0.424); over u1..u5 its mean is 0.381 "
+    "(tuned per split 0.383) against EASE's 0.384 and PureSVD(20)'s 0.373; on u3 the defaults "
+    "(0.342) stayed below PureSVD(20) (0.345), the validation-tuned setting did not (0.350). "
+    "The 'beat EASE' target is not met. Fit times in this run (two cores shared with about "
+    "eight other processes) were 9-47 s for the defaults; on the least loaded splits (u4, u5) "
+    "8.8-9.5 s, with EASE at 0.8-4.1 s in the same runs.",
     "",
 ]
 
