@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # for type checkers and documentation tools, which do not run __getattr__
     from .estimator import DeepMatrixCompleter
     from .exceptions import NotFittedError
+    from .interactions import InteractionsCompleter
     from .ratings import RatingsCompleter
     from .solver import ConvergenceWarning, DivergenceError, FitInterruptedWarning
 
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "DeepMatrixCompleter": "dmc.estimator",
     "RatingsCompleter": "dmc.ratings",
+    "InteractionsCompleter": "dmc.interactions",
     "ConvergenceWarning": "dmc.solver",
     "DivergenceError": "dmc.solver",
     "FitInterruptedWarning": "dmc.solver",

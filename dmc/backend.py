@@ -393,6 +393,12 @@ class ScipyPattern:
         self._transpose.data = residual
         return 0.5 * (residual @ residual), self._matrix @ B, self._transpose @ A
 
+    def products(self, values, A, B):
+        """``(S @ B, S.T @ A)`` for the sparse ``S`` with ``values`` on the pattern."""
+        self._matrix.data = values
+        self._transpose.data = values
+        return self._matrix @ B, self._transpose @ A
+
 
 class NumbaPattern:
     """Observed pattern for NumPy arrays with fused Numba kernels.
@@ -510,6 +516,18 @@ class NumbaPattern:
         col_out = col_parts[0].copy() if col_parts.shape[0] == 1 else col_parts.sum(axis=0)
         return loss, row_out.copy(), col_out
 
+    def products(self, values, A, B):
+        """``(S @ B, S.T @ A)`` for the sparse ``S`` with ``values`` on the pattern
+        (SciPy's CSR products; the fused kernels compute residuals only)."""
+        if getattr(self, "_csr", None) is None:
+            n_observed = self.cols.shape[0]
+            self._csr = sp.csr_matrix((np.zeros(n_observed, values.dtype), self.cols, self.indptr),
+                                      shape=self.shape)
+            self._csr_t = self._csr.T
+        self._csr.data = values
+        self._csr_t.data = values
+        return self._csr @ B, self._csr_t @ A
+
 
 class TorchPattern:
     """Observed pattern for torch tensors on any device.
@@ -559,6 +577,12 @@ class TorchPattern:
         loss = 0.5 * (residual @ residual)
         return loss, self._matrix @ B, self._transpose @ A
 
+    def products(self, values, A, B):
+        """``(S @ B, S.T @ A)`` for the sparse ``S`` with ``values`` on the pattern."""
+        self._matrix.values().copy_(values)
+        self._transpose.values().copy_(values[self._transpose_order])
+        return self._matrix @ B, self._transpose @ A
+
 
 class CupyPattern:
     """Observed pattern for CuPy arrays: cupyx.scipy.sparse CSR, built once."""
@@ -584,6 +608,11 @@ class CupyPattern:
         self._matrix.data = residual
         loss = 0.5 * (residual @ residual)
         return loss, self._matrix @ B, self._matrix.T @ A
+
+    def products(self, values, A, B):
+        """``(S @ B, S.T @ A)`` for the sparse ``S`` with ``values`` on the pattern."""
+        self._matrix.data = values
+        return self._matrix @ B, self._matrix.T @ A
 
 
 def make_pattern(obs: Observations, dtype=np.float64, backend: Backend | None = None,

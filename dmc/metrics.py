@@ -1,11 +1,11 @@
-"""Error measures used in histories, tests and benchmarks."""
+"""Error measures (histories, tests, benchmarks) and ranking metrics for top-N recommendation."""
 
 from __future__ import annotations
 
 import numpy as np
 from array_api_compat import array_namespace
 
-__all__ = ["recovery_error", "rmse", "mae"]
+__all__ = ["recovery_error", "rmse", "mae", "precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k"]
 
 
 def recovery_error(X, M_true) -> float:
@@ -42,3 +42,130 @@ def mae(predicted, actual) -> float:
     """Mean absolute error between two equally long vectors."""
     diff = np.asarray(predicted, dtype=np.float64) - np.asarray(actual, dtype=np.float64)
     return float(np.mean(np.abs(diff)))
+
+
+# -- ranking metrics (top-N recommendation) -----------------------------------
+def _hits(recommended, relevant, k):
+    """``hits[u, j]``: whether ``recommended[u, j]`` is among user u's relevant items,
+    and the number of relevant items per user, for the first ``k`` columns.
+
+    Vectorized over users: each (user, item) pair becomes one integer key, and
+    one ``np.isin`` finds the recommended keys among the relevant ones.
+    """
+    recommended = np.asarray(recommended)
+    if recommended.ndim != 2:
+        raise ValueError("recommended must be a 2-D array (one row of ranked items per user); "
+                         f"got shape {recommended.shape}.")
+    if isinstance(relevant, (str, bytes)) or not hasattr(relevant, "__len__"):
+        raise TypeError("relevant must be a sequence with one array-like of relevant items per user.")
+    n_users = recommended.shape[0]
+    if len(relevant) != n_users:
+        raise ValueError(f"relevant lists {len(relevant)} users but recommended has {n_users} rows; "
+                         "pass one collection of relevant items per row of recommended.")
+    if k is None:
+        k = recommended.shape[1]
+    if not (isinstance(k, (int, np.integer)) and not isinstance(k, bool)) or k < 1:
+        raise ValueError(f"k must be a positive integer; got {k!r}.")
+    if k > recommended.shape[1]:
+        raise ValueError(f"k={k} exceeds the {recommended.shape[1]} items recommended per user; "
+                         "recommend at least k items.")
+    recommended = recommended[:, :k]
+    relevant = [np.asarray(list(r) if isinstance(r, (set, frozenset)) else r).ravel()
+                for r in relevant]
+    lengths = np.array([r.size for r in relevant], dtype=np.int64)
+    flat = np.concatenate(relevant) if relevant else np.zeros(0, recommended.dtype)
+    if flat.size and (recommended.dtype.kind in "USO") != (flat.dtype.kind in "USO"):
+        # NumPy would compare 1 and "1" as equal strings after concatenation
+        raise TypeError("recommended and relevant items must be ids of one comparable type "
+                        f"(got {recommended.dtype} and {flat.dtype}).")
+    try:
+        vocabulary, codes = np.unique(np.concatenate([recommended.ravel(), flat]),
+                                      return_inverse=True)
+    except TypeError:
+        raise TypeError("recommended and relevant items must be ids of one comparable type "
+                        f"(got {recommended.dtype} and {flat.dtype}).") from None
+    codes = codes.ravel().astype(np.int64)
+    rec_codes, rel_codes = codes[:recommended.size], codes[recommended.size:]
+    width = np.int64(vocabulary.size)
+    rec_keys = np.repeat(np.arange(n_users, dtype=np.int64), k) * width + rec_codes
+    # distinct (user, item) keys: duplicates within a user's relevant items count once
+    rel_keys = np.unique(np.repeat(np.arange(n_users, dtype=np.int64), lengths) * width + rel_codes)
+    counts = np.bincount(rel_keys // width, minlength=n_users).astype(np.int64)
+    hits = np.isin(rec_keys, rel_keys).reshape(n_users, k)
+    return hits, counts
+
+
+def _need_relevant(counts, name):
+    if np.any(counts == 0):
+        raise ValueError(f"{name} is undefined for users without relevant items "
+                         f"({int(np.sum(counts == 0))} of {counts.size}); drop those users first.")
+
+
+def _reduce(values, average):
+    return float(np.mean(values)) if average else values
+
+
+def precision_at_k(recommended, relevant, k=None, *, average=True):
+    """Share of the top-``k`` recommended items that are relevant, per user.
+
+    Parameters
+    ----------
+    recommended : array of shape (n_users, n_recommended)
+        Item ids per user, best first (e.g. the first output of ``recommend``).
+    relevant : sequence of array-likes or sets
+        ``relevant[u]``: the relevant items of user ``u`` (duplicates ignored).
+    k : int, optional
+        Cut-off (default: all columns of ``recommended``).
+    average : bool, default=True
+        Return the mean over users; False returns one value per user.
+
+    Returns
+    -------
+    float or ndarray of shape (n_users,)
+        ``hits@k / k``.
+    """
+    hits, _ = _hits(recommended, relevant, k)
+    return _reduce(hits.sum(axis=1) / hits.shape[1], average)
+
+
+def recall_at_k(recommended, relevant, k=None, *, average=True):
+    """Share of each user's relevant items found in the top ``k``: ``hits@k / |relevant|``.
+
+    Parameters and returns as :func:`precision_at_k`; every user needs at least
+    one relevant item (ValueError otherwise).
+    """
+    hits, counts = _hits(recommended, relevant, k)
+    _need_relevant(counts, "recall")
+    return _reduce(hits.sum(axis=1) / counts, average)
+
+
+def _discounts(k):
+    return 1.0 / np.log2(np.arange(2, k + 2))
+
+
+def ndcg_at_k(recommended, relevant, k=None, *, average=True):
+    """Normalized discounted cumulative gain with binary relevance.
+
+    ``DCG = sum_j hit_j / log2(j + 2)`` over positions ``j = 0 .. k-1``,
+    divided by the DCG of an ideal list (``min(k, |relevant|)`` hits first).
+    Parameters and returns as :func:`precision_at_k`; every user needs at
+    least one relevant item.
+    """
+    hits, counts = _hits(recommended, relevant, k)
+    _need_relevant(counts, "NDCG")
+    discounts = _discounts(hits.shape[1])
+    ideal = np.cumsum(discounts)[np.minimum(counts, hits.shape[1]) - 1]
+    return _reduce((hits @ discounts) / ideal, average)
+
+
+def map_at_k(recommended, relevant, k=None, *, average=True):
+    """Mean average precision: ``AP@k = sum_j P@(j+1) hit_j / min(k, |relevant|)``.
+
+    Parameters and returns as :func:`precision_at_k` (the average over users
+    of AP@k is MAP@k); every user needs at least one relevant item.
+    """
+    hits, counts = _hits(recommended, relevant, k)
+    _need_relevant(counts, "MAP")
+    k = hits.shape[1]
+    precision = np.cumsum(hits, axis=1) / np.arange(1, k + 1)
+    return _reduce((precision * hits).sum(axis=1) / np.minimum(counts, k), average)

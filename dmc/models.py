@@ -47,6 +47,8 @@ __all__ = [
     "sparse_loss_and_gradients",
     "dense_loss_and_gradients",
     "assemble_gradients",
+    "gram_loss_and_gradients",
+    "balanced_factors",
     "spectral_step_size",
 ]
 
@@ -176,6 +178,73 @@ def sparse_loss_and_gradients(factors: DeepFactors, pattern, values):
     A = _row_factors(factors, product)
     loss, residual_times_right, grad_right = pattern.residual_products(A, factors.right, values)
     return loss, assemble_gradients(factors, product, residual_times_right, grad_right)
+
+
+def gram_loss_and_gradients(factors: DeepFactors, pattern, targets, weights=None):
+    """Loss and gradients over ALL m x n entries, without forming an m x n array.
+
+    The fully observed weighted loss of implicit feedback (as in implicit's
+    ALS): target ``t_ij`` and weight ``w_ij`` are ``targets`` and ``weights``
+    on the pattern's entries (the interactions) and ``0`` and ``1`` elsewhere,
+
+        l(X) = 1/2 * sum over all (i, j) of w_ij (X_ij - t_ij)^2
+             = 1/2 ||X||_F^2 + 1/2 * sum over Omega of [w (x - t)^2 - x^2],
+
+    with ``||A B^T||_F^2 = tr(A^T A B^T B)`` (the Gram identity).  The
+    gradient with respect to X is ``X + S``, ``S`` sparse on Omega with
+    values ``w (x - t) - x``, so
+
+        R @ right = A (B^T B) + S B,    R.T @ A = B (A^T A) + S^T A
+
+    and a step costs O(|Omega| k + (m + n) k^2 + p k^3).
+
+    Parameters
+    ----------
+    factors : DeepFactors
+    pattern : a pattern from :func:`dmc.backend.make_pattern`
+        The interactions; provides ``sample`` and ``products``.
+    targets : array of shape (n_observed,)
+        ``t`` on the interactions, in the pattern's order.
+    weights : array of shape (n_observed,) or None
+        ``w`` on the interactions; None means 1 (the plain fully observed
+        least squares ``1/2 ||X - T||_F^2``).
+
+    Returns
+    -------
+    loss : 0-d array
+    grads : DeepFactors
+    """
+    product = inner_product(factors.inner)
+    A, B = _row_factors(factors, product), factors.right
+    gram_a, gram_b = A.T @ A, B.T @ B
+    if weights is None:
+        # S = -T is constant and sum over Omega of t x = tr(A^T T B) = -sum(A * (S B)):
+        # no sampling of X on Omega at all
+        SB, StA = pattern.products(-targets, A, B)
+        correction = targets @ targets + 2.0 * (A * SB).sum()
+    else:
+        x = pattern.sample(A, B)
+        difference = x - targets
+        SB, StA = pattern.products(weights * difference - x, A, B)
+        correction = (weights * difference) @ difference - x @ x
+    loss = 0.5 * ((gram_a * gram_b).sum() + correction)
+    return loss, assemble_gradients(factors, product, A @ gram_b + SB, B @ gram_a + StA)
+
+
+def balanced_factors(A, B):
+    """``(P S^(1/2), Q S^(1/2))`` with ``A B^T = P S Q^T`` its thin SVD (NumPy).
+
+    The same product, with the singular values split evenly between the two
+    sides and the columns in decreasing order of singular value, so that
+    the rows of either side are embeddings whose geometry (cosines,
+    distances) is that of the product, not of the parametrization.  Costs
+    O((m + n) k^2): two thin QRs and one k x k SVD.
+    """
+    qa, ra = np.linalg.qr(A)
+    qb, rb = np.linalg.qr(B)
+    u, s, vt = np.linalg.svd(ra @ rb.T)
+    root = np.sqrt(s)
+    return (qa @ u) * root, (qb @ vt.T) * root
 
 
 def dense_loss_and_gradients(factors: DeepFactors, mask, filled_values):

@@ -46,9 +46,11 @@ _HEADER = "__dmc__"
 
 def _estimator_classes():
     from .estimator import DeepMatrixCompleter
+    from .interactions import InteractionsCompleter
     from .ratings import RatingsCompleter
 
-    return {cls.__name__: cls for cls in (DeepMatrixCompleter, RatingsCompleter)}
+    return {cls.__name__: cls for cls in (DeepMatrixCompleter, RatingsCompleter,
+                                          InteractionsCompleter)}
 
 
 # -- writing -----------------------------------------------------------------
@@ -228,6 +230,18 @@ def _shape(array):
     return tuple(int(s) for s in getattr(array, "shape", ()))
 
 
+def _check_observed(estimator, users, items):
+    """The training pairs (``_observed``, for ``recommend``) must index the ids."""
+    observed = getattr(estimator, "_observed", None)
+    if not (isinstance(observed, tuple) and len(observed) == 2
+            and all(isinstance(a, np.ndarray) and a.dtype.kind in "iu" for a in observed)
+            and observed[0].shape == observed[1].shape
+            and (observed[0].size == 0 or (observed[0].min() >= 0 and observed[0].max() < users[0]
+                                           and observed[1].min() >= 0
+                                           and observed[1].max() < items[0]))):
+        raise _Damaged("its observed pairs are missing or do not match the ids")
+
+
 def _check_state(estimator):
     """The fitted arrays must fit together (a tampered file could pair any arrays)."""
     name = type(estimator).__name__
@@ -249,6 +263,14 @@ def _check_state(estimator):
         shape = getattr(estimator, "shape_", None)
         if not widths_ok or not isinstance(shape, tuple) or shape != (shapes[0][0], shapes[-1][0]):
             raise _Damaged(f"the factors' shapes {shapes} do not multiply to shape_ {shape!r}")
+    elif name == "InteractionsCompleter":
+        users, items = _shape(estimator.user_ids_), _shape(estimator.item_ids_)
+        rows, cols = _shape(estimator.user_factors_), _shape(estimator.item_factors_)
+        if (len(users) != 1 or len(items) != 1 or len(rows) != 2 or len(cols) != 2
+                or rows[0] != users[0] or cols[0] != items[0] or rows[1] != cols[1]):
+            raise _Damaged(f"its factors ({rows}, {cols}) and ids ({users}, {items}) "
+                           "do not fit together")
+        _check_observed(estimator, users, items)
     elif name == "RatingsCompleter":
         users, items = _shape(estimator.user_ids_), _shape(estimator.item_ids_)
         rows, cols = _shape(estimator.row_factors_), _shape(estimator.column_factors_)
@@ -258,20 +280,13 @@ def _check_state(estimator):
                 or any(_shape(getattr(estimator, k)) != v for k, v in expected.items())):
             raise _Damaged(f"its factors ({rows}, {cols}), biases and ids ({users}, {items}) "
                            "do not fit together")
-        observed = getattr(estimator, "_observed", None)
-        if not (isinstance(observed, tuple) and len(observed) == 2
-                and all(isinstance(a, np.ndarray) and a.dtype.kind in "iu" for a in observed)
-                and observed[0].shape == observed[1].shape
-                and (observed[0].size == 0 or (observed[0].min() >= 0 and observed[0].max() < users[0]
-                                               and observed[1].min() >= 0
-                                               and observed[1].max() < items[0]))):
-            raise _Damaged("its observed pairs are missing or do not match the ids")
+        _check_observed(estimator, users, items)
         low_high = getattr(estimator, "rating_range_", None)
         if not (isinstance(low_high, tuple) and len(low_high) == 2
                 and all(isinstance(v, float) for v in low_high)):
             raise _Damaged(f"rating_range_ is {low_high!r}, not a pair of floats")
     for attribute in ("left_factor_", "right_factor_", "row_factors_", "column_factors_",
-                      "user_bias_", "item_bias_"):
+                      "user_bias_", "item_bias_", "user_factors_", "item_factors_"):
         if hasattr(estimator, attribute) and to_numpy(getattr(estimator, attribute)).dtype.kind != "f":
             raise _Damaged(f"{attribute} does not hold floating-point numbers")
 

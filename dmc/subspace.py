@@ -27,6 +27,7 @@ __all__ = [
     "DenseOrthogonal",
     "InitialSpectrum",
     "initial_gradient",
+    "full_initial_gradient",
     "top_singular_triplets",
     "invariant_subspace",
 ]
@@ -156,16 +157,54 @@ def initial_gradient(obs: Observations, q, end_to_end_scale: float) -> sp.csr_ma
     return obs.to_csr(e0 - obs.values.astype(np.float64))
 
 
+def full_initial_gradient(sparse_part: sp.csr_matrix, q, end_to_end_scale: float):
+    """``G0 = E0 + S0`` of a fully observed loss, as a matrix-free operator.
+
+    For the loss over all entries (:func:`dmc.models.gram_loss_and_gradients`)
+    the gradient at ``E0 = end_to_end_scale * Q`` is dense: ``E0`` plus the
+    sparse ``S0`` on the interactions.  Products with it cost one product
+    with ``Q`` (O(max(m, n) * n_reflections) per vector) and one with
+    ``S0`` (O(|Omega|)), so its truncated SVD never forms an m x n array.
+
+    Parameters
+    ----------
+    sparse_part : scipy.sparse matrix, shape (m, n)
+        ``S0``.
+    q : RandomOrthogonal or DenseOrthogonal
+    end_to_end_scale : float
+
+    Returns
+    -------
+    scipy.sparse.linalg.LinearOperator
+    """
+    S = sp.csr_matrix(sparse_part, dtype=np.float64)
+    St = S.T.tocsr()
+    c = float(end_to_end_scale)
+
+    def matmat(X):
+        X = np.asarray(X, dtype=np.float64).reshape(S.shape[1], -1)
+        return c * q.matvec(X) + S @ X
+
+    def rmatmat(Y):
+        Y = np.asarray(Y, dtype=np.float64).reshape(S.shape[0], -1)
+        return c * q.rmatvec(Y) + St @ Y
+
+    return spla.LinearOperator(S.shape, matvec=matmat, rmatvec=rmatmat, matmat=matmat,
+                               rmatmat=rmatmat, dtype=np.float64)
+
+
 def top_singular_triplets(G, rank: int, rng) -> InitialSpectrum:
-    """Top-``rank`` singular triplets of a sparse matrix (truncated SVD).
+    """Top-``rank`` singular triplets of a sparse matrix or operator (truncated SVD).
 
     ARPACK with a start vector drawn from ``rng`` so the result is
-    reproducible; never a full SVD.
+    reproducible; never a full SVD.  ``G`` may be a scipy.sparse matrix or a
+    ``LinearOperator`` (e.g. :func:`full_initial_gradient`).
     """
     m, n = G.shape
     v0 = rng.standard_normal(min(m, n))
     if rank >= min(m, n):  # ARPACK needs rank < min(m, n); tiny problems only
-        u, s, vt = np.linalg.svd(G.toarray(), full_matrices=False)
+        dense = G.toarray() if sp.issparse(G) else G @ np.eye(n)
+        u, s, vt = np.linalg.svd(dense, full_matrices=False)
         u, s, vt = u[:, :rank], s[:rank], vt[:rank]
     else:
         u, s, vt = spla.svds(G, k=rank, v0=v0, solver="arpack")
