@@ -115,6 +115,8 @@ def _as_1d(name, values):
 # back: the initial gradient P_Omega(E0 - M) then describes the data, not E0
 # (tiny ratings), and no sum or square leaves float64 (huge ones).  Ratings
 # inside the range are fitted as given.
+# step of the implicit-feedback item factors Y, relative to that of U and V
+_IMPLICIT_STEP = 1.0
 _UNSHIFTED_EXPONENTS = (-3, 33)  # frexp exponents e, max |r| in [2**(e-1), 2**e)
 # fitted attributes and history entries in rating units (times 2**shift) or squared
 _RATING_UNIT_STATE = ("global_mean_", "scale_", "row_factors_", "user_bias_", "item_bias_",
@@ -662,7 +664,8 @@ class RatingsCompleter(BaseCompleter):
             metrics["validation_rmse"] = validation_rmse
             callbacks.insert(0, stopper)
         outer = self.gamma * lr
-        step_sizes = [outer] + [lr] * L + [outer, 1.0, 1.0] + ([outer] if self.implicit_feedback else [])
+        step_sizes = [outer] + [lr] * L + [outer, 1.0, 1.0] + (
+            [_IMPLICIT_STEP * outer] if self.implicit_feedback else [])
         with warnings.catch_warnings(), compute_threads("numpy"):
             warnings.simplefilter("ignore", ConvergenceWarning)  # its tol message does not apply
             result = gradient_descent(
