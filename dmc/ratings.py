@@ -116,7 +116,7 @@ def _as_1d(name, values):
 # (tiny ratings), and no sum or square leaves float64 (huge ones).  Ratings
 # inside the range are fitted as given.
 # step of the implicit-feedback item factors Y, relative to that of U and V
-_IMPLICIT_STEP = 1.0
+_IMPLICIT_STEP = 0.3
 _UNSHIFTED_EXPONENTS = (-3, 33)  # frexp exponents e, max |r| in [2**(e-1), 2**e)
 # fitted attributes and history entries in rating units (times 2**shift) or squared
 _RATING_UNIT_STATE = ("global_mean_", "scale_", "row_factors_", "user_bias_", "item_bias_",
