@@ -305,8 +305,9 @@ class RatingsCompleter(BaseCompleter):
     implicit_feedback : bool, default=False
         Add SVD++'s implicit feedback: a user's left factor is ``U[u] +
         |R(u)|^(-1/2) sum over the items j the user rated of Y[j]``, with the
-        item factors ``Y`` trained alongside (step ``gamma * lr``, like
-        ``U, V``).  Which items a user rated carries information beyond the
+        item factors ``Y`` trained alongside (step ``0.3 * gamma * lr``,
+        0.3 times that of ``U, V``: 1 and 0.1 gave validation RMSE 0.9246
+        and 0.9216 against 0.9213 on MovieLens 100K, 10 diverged).  Which items a user rated carries information beyond the
         ratings' values (measured in ``benchmarks/README.md``).
     warm_start : bool, default=False
         When fitted before, continue from the previous fit's factors,
@@ -605,7 +606,7 @@ class RatingsCompleter(BaseCompleter):
             scale = float(spectrum.singular_values[0] / p)
             factors = models.init_compressed(np.ascontiguousarray(U), np.ascontiguousarray(V), L, eps)
             state = _BiasedFactors(factors, user_bias / scale, item_bias / scale,
-                                   None if rated is None else np.zeros_like(factors.right), rated)
+                                   None if rated is None else np.zeros((rated.shape[1], U.shape[1])), rated)
         else:
             scale, factors = init["scale"], models.DeepFactors(
                 init["left"].copy(), [w.copy() for w in init["inner"]], init["right"].copy())
@@ -690,7 +691,7 @@ class RatingsCompleter(BaseCompleter):
             # Y Wt_L ... Wt_1 times the scale: a folded-in user's implicit part (fold_in)
             "implicit_factors_": (np.zeros_like(state.factors.right) if state.implicit is None
                                   else scale * (state.implicit if product is None
-                                                else state.implicit @ product)),
+                                                else state.implicit @ product)[:shape[1]]),
             # the training state on the fitted (normalized) scale, for warm_start
             "_state": {"mu": mu, "scale": scale, "left": state.factors.left.copy(),
                        "inner": [w.copy() for w in state.factors.inner],
