@@ -85,7 +85,7 @@ def test_warm_start_on_new_users_and_items(ratings):
     assert warm_change < 0.25 * cold_change
 
 
-@pytest.mark.parametrize("change", [{"rank": 4}, {"depth": 4}, {"implicit_feedback": True}])
+@pytest.mark.parametrize("change", [{"rank": 4}, {"depth": 4}, {"implicit_feedback": False}])
 def test_warm_start_with_another_model_raises(ratings, change):
     model = _fit(ratings, max_iter=10)
     with pytest.raises(ValueError, match="warm_start"):
