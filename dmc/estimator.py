@@ -81,6 +81,18 @@ def _split_observations(obs, validation_fraction, rng):
                               obs.values[part]) for part in (keep, ~keep))
 
 
+def _after_plateau(stopper):
+    """``stopper`` from the first record whose training loss is below 90% of the first
+    one: on the initial plateau of a small start (long with constant steps) nothing
+    is learned yet and the validation error may not improve for many records."""
+    first = []
+
+    def callback(record, state):
+        first.append(record["train_loss"])
+        return bool(record["train_loss"] < 0.9 * first[0] and stopper(record, state))
+    return callback
+
+
 def _max_iter_message(max_iter, tol, residual, early_stopping, train_loss):
     """The ConvergenceWarning of a fit that reached ``max_iter``, with what to try.
 
@@ -500,7 +512,7 @@ class DeepMatrixCompleter(BaseCompleter):
             metrics["validation_rmse"] = lambda f: scale * rmse(to_numpy(models.predict_entries(
                 f, v_rows, v_cols, backend.xp)), v_values)  # in the units of M
             stopper = EarlyStopping("validation_rmse", self.n_iter_no_change)
-            callbacks.insert(0, stopper)
+            callbacks.insert(0, _after_plateau(stopper))
 
         observed_norm = float(np.linalg.norm(obs.values))
         with compute_threads(backend), warnings.catch_warnings():
