@@ -138,3 +138,16 @@ def test_early_stopping_parameters_persist(tmp_path):
     assert loaded.best_iter_ == model.best_iter_
     np.testing.assert_array_equal(loaded.history_["validation_rmse"], model.history_["validation_rmse"])
     np.testing.assert_array_equal(loaded.transform(), model.transform())
+
+
+def test_the_initial_plateau_does_not_trigger_early_stopping():
+    """The wide model with constant steps from a small start spends many records on a
+    plateau where the validation error does not improve; early stopping waits until the
+    fit has left it."""
+    M, mask = _noisy()
+    model = _fit(M, mask, early_stopping=True, random_state=0, method="original",
+                 n_iter_no_change=20, max_iter=6000)
+    curve, loss = model.history_["validation_rmse"], model.history_["train_loss"]
+    assert model.stop_reason_ == "early_stopping"
+    assert loss[-1] < 0.9 * loss[0]  # it stopped after leaving the plateau ...
+    assert model.best_iter_ > 0 and curve.min() < curve[0]  # ... at a better state than the start
