@@ -136,7 +136,15 @@ def main(argv=None):
     parser.add_argument("--only", nargs="*", default=None, help="candidate names (default all)")
     parser.add_argument("--output", default=str(HERE / "results" / f"{SECTION}.json"))
     parser.add_argument("--readme", default=str(HERE / "README.md"))
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite the README section from the existing JSON")
     args = parser.parse_args(argv)
+    if args.render_only:
+        results = json.loads(Path(args.output).read_text())
+        results["notes"] = NOTES
+        Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+        write_section(Path(args.readme), render(results), name=SECTION)
+        return results
     from dmc.datasets import load_movielens_100k
 
     data = load_movielens_100k(args.data, "u1")
