@@ -248,15 +248,14 @@ class RatingsCompleter(BaseCompleter):
     lr_multiplier : float, default=0.1
         Multiplies the ``"auto"`` step size, so that the validation error
         is checked finely enough for early stopping to find its minimum.
-    gamma : float, default=10.0
+    gamma : float, default=30.0
         Step size ratio of ``U, V`` to the inner factors.  Unlike the
         synthetic setting (0.01), the subspace of the initial gradient of
         noisy ratings is a poor basis and must move; the gradient of ``U``
         and ``V`` carries the small inner product ``Wt_L ... Wt_1`` as a
-        factor, hence the large ratio.  30 (the default before implicit
-        feedback) and 10 are within noise of each other without implicit
-        feedback; with it, 10 was better on validation data (benchmarks/README.md,
-        "RatingsCompleter candidates").
+        factor, hence the large ratio.  10 gave validation RMSE within the
+        seeds' spread of 30, with and without implicit feedback
+        (benchmarks/README.md, "RatingsCompleter candidates").
     biases : bool, default=True
         Fit user and item biases alongside the factors.
     bias_penalty : float, default=5.0
@@ -370,7 +369,7 @@ class RatingsCompleter(BaseCompleter):
     _persisted_private = ("_observed", "_state")
 
     def __init__(self, rank=32, *, depth=3, init_scale=0.1, lr="auto", lr_multiplier=0.1,
-                 gamma=10.0, biases=True, bias_penalty=5.0, bias_lr=0.5, bias_warmup=20,
+                 gamma=30.0, biases=True, bias_penalty=5.0, bias_lr=0.5, bias_warmup=20,
                  weight_decay=0.0,
                  validation_fraction=0.1, n_iter_no_change=20, refit=True, clip=True,
                  rating_range=None, max_iter=3000, record_every=10, callbacks=None,
