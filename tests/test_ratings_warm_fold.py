@@ -1,6 +1,9 @@
 """RatingsCompleter: warm start, fold-in of new users, implicit feedback."""
 
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -210,3 +213,20 @@ def test_implicit_row_factors_include_the_rated_items(ratings):
     expected = state["scale"] * (state["left"] + N @ state["implicit"]) @ product
     np.testing.assert_allclose(model.row_factors_, expected, rtol=1e-10, atol=1e-12)
     assert np.abs(state["implicit"]).max() > 0  # Y was trained
+
+
+# -- the candidates benchmark ------------------------------------------------------------------
+REPO = Path(__file__).resolve().parent.parent
+ML100K = REPO.parent / "shared" / "data" / "ml-100k"
+
+
+@pytest.mark.skipif(not (ML100K / "u1.base").is_file(), reason=f"MovieLens 100K not at {ML100K}")
+def test_candidates_benchmark_quick_mode_runs(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "ratings_candidates.py"), "--quick",
+         "--data", str(ML100K), "--output", str(tmp_path / "r.json"),
+         "--readme", str(tmp_path / "README.md")],
+        capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "validation" in result.stdout and "u1 test" in result.stdout
+    assert not (tmp_path / "r.json").exists()  # --quick writes nothing
