@@ -121,11 +121,32 @@ def render(results):
 
 
 NOTES = [
-    "Not in the table: user side information (age bucket, gender, occupation from `u.user`) "
-    "added to the user factor like the implicit-feedback term, measured by a scratch "
-    "experiment (see the report of issue 12); item genres and a rating-scale-aware loss were "
-    "not tried; `RatingsCompleter` trains with constant per-factor steps, so the step rules "
-    "of `dmc/steps.py` do not apply to it as it stands.",
+    "Decision rule: a change becomes a default only when its validation gain exceeds the "
+    "spread of the baseline over seeds 0..4 (0.0016). Only implicit feedback qualifies "
+    "(0.9213 against 0.9234): `implicit_feedback=True` is the new default, the rest stay. "
+    "`gamma=10` and rank 64 are within that spread, with and without implicit feedback.",
+    "",
+    "Scratch experiments on the same validation carve (single fits, random_state=0, not "
+    "rerun by this script):",
+    "",
+    "| experiment | validation RMSE | reference |",
+    "|---|---|---|",
+    "| implicit-feedback step 1 x that of U, V | 0.9246 | 0.9213 at 0.3 (chosen) |",
+    "| implicit-feedback step 0.1 x / 0.03 x | 0.9216 / 0.9225 | 0.9213 at 0.3 |",
+    "| implicit-feedback step 10 x | diverged | |",
+    "| user side information (age bucket, gender, occupation one-hot from `u.user`, added "
+    "to the user factor like the implicit term, weight 0.05) | 0.9213 | 0.9213 without |",
+    "| the same, weight 0.3 | 0.9945 (unstable) | |",
+    "| count-weighted L2 on the end-to-end user factors, 1e-3 (implicit, gamma 10, "
+    "n_iter_no_change 30) | 0.9195 | 0.9206 without: within noise |",
+    "| the same, 1e-2 | 0.9262 | |",
+    "| DeepMatrixCompleter-style weight decay 1e-3 on the deep factors | 0.9503 | 0.9234 |",
+    "| init_scale 0.3 | 0.9537 | 0.9234 |",
+    "",
+    "Not tried: item genres, a rating-scale-aware loss (predictions are clipped to [1, 5] "
+    "already), the step rules of `dmc/steps.py` (RatingsCompleter trains with constant "
+    "per-factor steps). The issue's targets (u1 <= 0.900, five-split mean <= 0.895) are not "
+    "met: see the MovieLens table above for where the new defaults land.",
 ]
 
 
