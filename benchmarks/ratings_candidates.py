@@ -125,9 +125,12 @@ NOTES = [
     "spread of the baseline over seeds 0..4 (0.0016). Only implicit feedback qualifies "
     "(0.9213 against 0.9234): `implicit_feedback=True` is the new default. `gamma=10` and "
     "rank 64 alone are within that spread. Together on top of implicit feedback they gain "
-    "another 0.0020 on validation, but at rank 64 a fit costs about twice as much, which "
-    "leaves little of the 30 s fit-time budget on this 2-core machine, so they stay options "
-    "(`RatingsCompleter(rank=64, gamma=10)`), not defaults.",
+    "another 0.0020 on validation, but cost 4.3x the baseline's fit time against 1.5x for "
+    "implicit feedback alone (one process, alternating, best of 2 on u1.base: 18.1 s, 27.9 s "
+    "and 78.6 s with the machine at load 8-11 on 2 cores; the baseline took 8.2 s on a quiet "
+    "machine, so the new default needs about 13 s and the larger model about 35 s, over the "
+    "30 s budget). They stay options (`RatingsCompleter(rank=64, gamma=10)`), not defaults. "
+    "The fit times in the table were taken under changing load: compare the ratio above.",
     "",
     "Scratch experiments on the same validation carve (single fits, random_state=0, not "
     "rerun by this script):",
