@@ -309,8 +309,11 @@ class RatingsCompleter(BaseCompleter):
         |R(u)|^(-1/2) sum over the items j the user rated of Y[j]``, with the
         item factors ``Y`` trained alongside (step ``0.3 * gamma * lr``,
         0.3 times that of ``U, V``: 1 and 0.1 gave validation RMSE 0.9246
-        and 0.9216 against 0.9213 on MovieLens 100K, 10 diverged).  Which items a user rated carries information beyond the
-        ratings' values (measured in ``benchmarks/README.md``).
+        and 0.9216 against 0.9213 on MovieLens 100K, 10 diverged).  Which
+        items a user rated carries information beyond the ratings' values:
+        on MovieLens 100K it lowered the test RMSE from 0.9209 to 0.9158 on
+        u1 and from 0.9097 to 0.9045 over the five splits, at about 1.5x the
+        fit time (``benchmarks/README.md``).
     warm_start : bool, default=False
         When fitted before, continue from the previous fit's factors,
         biases, mean and scale instead of a fresh start (scikit-learn's
