@@ -563,6 +563,10 @@ class RatingsCompleter(BaseCompleter):
         state = getattr(self, "_state", None)
         if state is None or not hasattr(self, "row_factors_"):
             return None
+        if (np.shape(state.get("left"))[:1] != self.user_ids_.shape
+                or np.shape(state.get("right"))[:1] != self.item_ids_.shape):
+            raise ValueError("the previous fit's training state does not match its ids (a "
+                             "modified model file?); fit afresh with warm_start=False.")
         k = state["right"].shape[1]
         if (len(state["inner"]) != self.depth or k != 2 * self.rank
                 or (state["implicit"] is None) == bool(self.implicit_feedback)):
@@ -879,7 +883,8 @@ class RatingsCompleter(BaseCompleter):
         if not is_real(penalty) or not penalty > 0 or not np.isfinite(penalty):
             raise ValueError(f"penalty must be a positive finite number; got {penalty!r}.")
         V = self.column_factors_[c]
-        z = self.implicit_factors_[c].sum(axis=0) / math.sqrt(c.size)
+        implicit = getattr(self, "implicit_factors_", None)  # None: a model saved before it existed
+        z = 0.0 if implicit is None else implicit[c].sum(axis=0) / math.sqrt(c.size)
         target = ratings - self.global_mean_ - self.item_bias_[c] - V @ z
         k = V.shape[1]
         design = np.hstack([V, np.ones((c.size, 1))]) if self.biases else V
