@@ -884,7 +884,8 @@ class RatingsCompleter(BaseCompleter):
             raise ValueError(f"penalty must be a positive finite number; got {penalty!r}.")
         V = self.column_factors_[c]
         implicit = getattr(self, "implicit_factors_", None)  # None: a model saved before it existed
-        z = 0.0 if implicit is None else implicit[c].sum(axis=0) / math.sqrt(c.size)
+        z = (np.zeros(V.shape[1]) if implicit is None
+             else implicit[c].sum(axis=0) / math.sqrt(c.size))
         target = ratings - self.global_mean_ - self.item_bias_[c] - V @ z
         k = V.shape[1]
         design = np.hstack([V, np.ones((c.size, 1))]) if self.biases else V
