@@ -148,7 +148,7 @@ NOTES = [
     "| the same, 1e-2 | 0.9262 | |",
     "| item-side mirror of implicit feedback (an item's factor plus the users who rated "
     "it, step 0.3 x) | 0.9184 (seed 0), 0.9609 (seed 1) | 0.9213: unstable, rejected |",
-    "| the same, step 0.5 x / 0.1 x | 0.9164 / 1.0180 | |",
+    "| the same, step 0.5 x / 0.2 x / 0.1 x | 0.9164 / diverged / 1.0180 | |",
     "| DeepMatrixCompleter-style weight decay 1e-3 on the deep factors | 0.9503 | 0.9234 |",
     "| init_scale 0.3 | 0.9537 | 0.9234 |",
     "",
