@@ -1,7 +1,9 @@
 """MovieLens 100K: held-out RMSE/MAE and fit time of dmc against two peers.
 
 Runs :class:`dmc.ratings.RatingsCompleter`, scikit-surprise ``SVD``
-(defaults) and cmfrec ``CMF`` (k=10, lambda=10, the reference config) on the
+(defaults), ``SVDpp`` (defaults) and ``KNNBaseline`` (item-based,
+pearson_baseline), and cmfrec ``CMF`` (k=10, lambda=10, the reference config;
+also with ``add_implicit_features=True``, an implicit-feedback peer) on the
 official splits u1..u5 in one process, writes
 ``benchmarks/results/movielens.json`` and regenerates only the section of
 ``benchmarks/README.md`` between ``<!-- BEGIN movielens -->`` and
@@ -14,7 +16,12 @@ official splits u1..u5 in one process, writes
 Thread pools are limited to ``--threads`` (default 1) before NumPy is
 imported: on a small shared machine BLAS and Numba thread pools oversubscribe
 the cores and a step of the 943 x 1682 problem slows from ~4 ms to ~100 ms.
-Peers that are missing are skipped and reported as such.
+Peers that are missing are skipped and reported as such.  Without
+scikit-surprise in this interpreter the script re-runs itself under the peers
+venv ``$DMC_PEERS_VENV`` (default ``/tmp/dmc-peers-venv``) when that has it
+(e.g. ``python -m venv /tmp/dmc-peers-venv && /tmp/dmc-peers-venv/bin/pip
+install scikit-surprise cmfrec pandas numpy scipy numba array-api-compat
+threadpoolctl``).  ``--methods surprise-svdpp ...`` reruns some rows only.
 """
 
 from __future__ import annotations
@@ -44,6 +51,9 @@ def _parse(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-peers", action="store_true", help="dmc only")
+    parser.add_argument("--methods", nargs="*", default=None,
+                        help="run only these methods and keep the other rows of the existing "
+                             "results file (same splits); default all")
     parser.add_argument("--output", default=str(HERE / "results" / "movielens.json"))
     parser.add_argument("--readme", default=str(HERE / "README.md"))
     parser.add_argument("--render-only", action="store_true",
@@ -103,11 +113,64 @@ def run_cmfrec(train, test, seed, quick):
                            + (", niter=2" if quick else "")}
 
 
+def _surprise_fit(train, algo):
+    """Fit a scikit-surprise algorithm on the training ratings; (algo, seconds)."""
+    import time
+
+    import pandas as pd
+    from surprise import Dataset, Reader
+
+    frame = pd.DataFrame({"u": train.users, "i": train.items, "r": train.ratings})
+    trainset = Dataset.load_from_df(frame, Reader(rating_scale=(1, 5))).build_full_trainset()
+    start = time.perf_counter()
+    algo.fit(trainset)
+    return algo, time.perf_counter() - start
+
+
+def run_surprise_svdpp(train, test, seed, quick):
+    import numpy as np
+    from surprise import SVDpp
+
+    algo, elapsed = _surprise_fit(train, SVDpp(random_state=seed, **({"n_epochs": 2} if quick else {})))
+    pred = np.array([algo.predict(u, i).est for u, i in zip(test.users, test.items)])
+    return pred, elapsed, {"config": "SVDpp() defaults" + (", n_epochs=2" if quick else "")}
+
+
+def run_surprise_knn_baseline(train, test, seed, quick):
+    import numpy as np
+    from surprise import KNNBaseline
+
+    # item-based Pearson-baseline similarity, the configuration surprise's docs recommend
+    options = {"name": "pearson_baseline", "user_based": False}
+    algo, elapsed = _surprise_fit(train, KNNBaseline(sim_options=options, verbose=False))
+    pred = np.array([algo.predict(u, i).est for u, i in zip(test.users, test.items)])
+    return pred, elapsed, {"config": "KNNBaseline(k=40, item-based pearson_baseline)"}
+
+
+def run_cmfrec_implicit(train, test, seed, quick):
+    import time
+
+    import numpy as np
+    import pandas as pd
+    from cmfrec import CMF
+
+    frame = pd.DataFrame({"UserId": train.users, "ItemId": train.items, "Rating": train.ratings})
+    start = time.perf_counter()
+    model = CMF(k=10, lambda_=10, add_implicit_features=True, random_state=seed, verbose=False,
+                nthreads=1, **({"niter": 2} if quick else {})).fit(frame)
+    elapsed = time.perf_counter() - start
+    pred = model.predict(test.users, test.items)
+    pred = np.clip(np.where(np.isfinite(pred), pred, train.ratings.mean()), 1, 5)
+    return pred, elapsed, {"config": "CMF(k=10, lambda_=10, add_implicit_features=True) (SVD++-like "
+                           "implicit features), predictions clipped to [1, 5]"}
+
+
 # Ablation on u1 (random_state=0, test RMSE), measured one change at a time on
 # this machine while choosing the defaults (see RatingsCompleter's docstring).
 ABLATION = [
     "What each addition does on u1 (dmc test RMSE, random_state=0; one change at a time "
-    "from the defaults, measured while choosing them; seeds 1 and 2 of the defaults give "
+    "from the defaults before issue 12 (gamma 30, no implicit feedback), measured while "
+    "choosing them (the candidates of issue 12 are in the next section); seeds 1 and 2 of the defaults give "
     "0.9191 and 0.9209, so differences under ~0.002 are noise):",
     "",
     "| variant | u1 RMSE |",
@@ -130,7 +193,27 @@ ABLATION = [
     "per-row preconditioning of U, V no change. Those were dropped.",
 ]
 
-METHODS = {"dmc": run_dmc, "surprise-svd": run_surprise, "cmfrec": run_cmfrec}
+METHODS = {"dmc": run_dmc, "surprise-svd": run_surprise, "surprise-svdpp": run_surprise_svdpp,
+           "surprise-knnbaseline": run_surprise_knn_baseline, "cmfrec": run_cmfrec,
+           "cmfrec-implicit": run_cmfrec_implicit}
+
+
+def _reexec_in_peers_venv(argv):
+    """Without scikit-surprise here, re-run under the peers venv ($DMC_PEERS_VENV, default
+    /tmp/dmc-peers-venv) when it has it, with this checkout's dmc on the path (once)."""
+    import importlib.util
+    import subprocess
+
+    if importlib.util.find_spec("surprise") or os.environ.get("DMC_PEERS_REEXEC"):
+        return
+    python = Path(os.environ.get("DMC_PEERS_VENV", "/tmp/dmc-peers-venv")) / "bin" / "python"
+    if not python.exists() or subprocess.call([str(python), "-c", "import surprise"],
+                                              stderr=subprocess.DEVNULL) != 0:
+        return
+    env = dict(os.environ, DMC_PEERS_REEXEC="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    print(f"re-running under the peers venv {python}", flush=True)
+    sys.exit(subprocess.call([str(python), str(Path(__file__).resolve()), *argv], env=env))
 
 
 def _versions():
@@ -221,6 +304,8 @@ def main(argv=None):
         Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
         write_section(Path(args.readme), render_section(results))
         return results
+    if not args.no_peers:
+        _reexec_in_peers_venv(sys.argv[1:] if argv is None else list(argv))
     _limit_threads(args.threads)
     sys.path.insert(0, str(ROOT))
     import json
@@ -230,7 +315,10 @@ def main(argv=None):
     from dmc.datasets import load_movielens_100k
 
     splits = args.splits or (["u1"] if args.quick else ["u1", "u2", "u3", "u4", "u5"])
-    methods = ["dmc"] if args.no_peers else list(METHODS)
+    methods = ["dmc"] if args.no_peers else (args.methods or list(METHODS))
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise SystemExit(f"unknown method(s) {unknown}; choose from {sorted(METHODS)}")
     results = {"splits": splits, "quick": args.quick, "seed": args.seed,
                "dmc_config": ", ".join(f"{k}={v!r}" for k, v in dmc_config(args.quick).items()),
                "versions": _versions(), "machine": _machine(args.threads), "methods": {},
@@ -261,6 +349,11 @@ def main(argv=None):
         print(json.dumps({k: v for k, v in results["methods"].items()}, indent=1, default=str)[:2000])
         return results
     out = Path(args.output)
+    if args.methods and out.exists():  # keep the rows not rerun, in METHODS order
+        previous = json.loads(out.read_text())
+        if previous.get("splits") == splits:
+            kept = {**previous["methods"], **results["methods"]}
+            results["methods"] = {name: kept[name] for name in METHODS if name in kept}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     write_section(Path(args.readme), render_section(results))

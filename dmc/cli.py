@@ -29,7 +29,8 @@ from .io import (OUTPUT_SUFFIXES, _one_line, _suffix, read_matrix, read_pairs,
 __all__ = ["main"]
 
 _MODEL_DEFAULTS = dict(rank=10, depth=3, method="compressed", max_iter=20000, tol=1e-7,
-                       init_scale=1e-3, lr="auto", gamma=0.05, step_rule="auto")
+                       init_scale=1e-3, lr="auto", gamma=0.05, step_rule="auto",
+                       validation_fraction=0.1, n_iter_no_change=50)
 
 
 class CLIError(Exception):
@@ -103,6 +104,7 @@ def _checked(convert, accept, what):
 
 _fraction = _checked(float, lambda value: 0 < value <= 1, "a number in (0, 1]")
 _positive_int = _checked(int, lambda value: value >= 1, "a positive integer")
+_open_fraction = _checked(float, lambda value: 0 < value < 1, "a number in (0, 1)")
 
 
 def _check_writable_target(path, what):
@@ -127,7 +129,9 @@ def _model_kwargs(args):
                   tol=args.tol, init_scale=args.init_scale, lr=args.lr, gamma=args.gamma,
                   step_rule=args.step_rule,
                   random_state=args.seed, backend=args.backend, device=args.device,
-                  dtype=args.dtype, normalize=not args.no_normalize)
+                  dtype=args.dtype, normalize=not args.no_normalize,
+                  early_stopping=args.early_stopping, validation_fraction=args.validation_fraction,
+                  n_iter_no_change=args.n_iter_no_change)
     if args.record_every is not None:
         kwargs["record_every"] = args.record_every
     return kwargs
@@ -164,6 +168,17 @@ def _add_model_arguments(parser, *, record_every_default=None):
                             "plain gradient descent) (default %(default)s)")
     group.add_argument("--no-normalize", action="store_true",
                        help="fit M as given instead of rescaled to a reference spectral norm")
+    group.add_argument("--early-stopping", action="store_true",
+                       help="hold out part of the observed entries and keep the state with the "
+                            "best RMSE on them (for noisy data)")
+    group.add_argument("--validation-fraction", type=_open_fraction,
+                       default=_MODEL_DEFAULTS["validation_fraction"],
+                       help="share of the observed entries held out with --early-stopping "
+                            "(default %(default)s)")
+    group.add_argument("--n-iter-no-change", type=_positive_int,
+                       default=_MODEL_DEFAULTS["n_iter_no_change"], metavar="RECORDS",
+                       help="records without a better validation RMSE before stopping, with "
+                            "--early-stopping (default %(default)s)")
     group.add_argument("--record-every", type=_positive_int, default=record_every_default,
                        help="steps between history records and stopping checks"
                             + (" (default %(default)s)" if record_every_default else

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 
 import numpy as np
 
 from . import models, steps, subspace
 from ._base import BaseCompleter, check_callbacks, check_verbose, is_int, is_real, solver_callbacks
+from ._early_stopping import EarlyStopping, validation_split
 from .backend import (compute_threads, dtype_name, make_pattern, observed_triplets,
                       resolve_backend, to_namespace, to_numpy)
 from .datasets import _rng
@@ -16,7 +18,7 @@ from .exceptions import not_fitted
 from .metrics import recovery_error, rmse
 from .observations import Observations
 from .refresh import SubspaceRefresh
-from .solver import gradient_descent
+from .solver import ConvergenceWarning, gradient_descent
 
 __all__ = ["DeepMatrixCompleter"]
 
@@ -63,6 +65,57 @@ def _check_output_range(max_abs, float_name):
             f"the largest observed magnitude must lie in [{low:.3g}, {high:.3g}] (normal "
             f"{float_name} numbers, with room for the fit to overshoot)"
             + ("; fit in float64." if float_name != "float64" else "; rescale the data."))
+
+
+# a fit that ends at max_iter with a relative residual on the observed entries
+# above _NOISY_RESIDUAL, past the initial plateau, that fell by less than
+# _STALLED over the second half of the fit is not slowly converging to an exact low-rank fit: it sits at the
+# data's noise floor (or they are far from low rank), and the warning points
+# to early stopping
+_NOISY_RESIDUAL, _STALLED = 1e-2, 0.9
+
+
+def _split_observations(obs, validation_fraction, rng):
+    """``(train, validation)`` parts of ``obs``, split by :func:`validation_split`."""
+    keep = validation_split(obs.values.size, validation_fraction, rng, what="observed entries")
+    return tuple(Observations(obs.shape, obs.observed_rows[part], obs.observed_cols[part],
+                              obs.values[part]) for part in (keep, ~keep))
+
+
+def _after_plateau(stopper):
+    """``stopper`` from the first record whose training loss is below 90% of the first
+    one: on the initial plateau of a small start (long with constant steps) nothing
+    is learned yet and the validation error may not improve for many records."""
+    first = []
+
+    def callback(record, state):
+        first.append(record["train_loss"])
+        return bool(record["train_loss"] < 0.9 * first[0] and stopper(record, state))
+    return callback
+
+
+def _max_iter_message(max_iter, tol, residual, early_stopping, train_loss):
+    """The ConvergenceWarning of a fit that reached ``max_iter``, with what to try.
+
+    ``train_loss`` is the recorded loss history (its second half tells a
+    stalled fit from one still descending).
+    """
+    if early_stopping:
+        return (f"the validation RMSE still improved within the last n_iter_no_change records "
+                f"at max_iter={max_iter}; raise max_iter (the best state so far was kept).")
+    message = (f"gradient descent stopped at max_iter={max_iter} before the relative residual "
+               f"on the observed entries reached tol={tol:g} (it is {residual:.3g}); raise "
+               "max_iter or tol, or check lr.")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # past the initial plateau (the residual has halved) and no longer descending
+        stalled = (math.sqrt(train_loss[-1] / train_loss[len(train_loss) // 2]) > _STALLED
+                   and train_loss[-1] < 0.25 * train_loss[0])
+    if residual > _NOISY_RESIDUAL and stalled:
+        message += (" A residual this far above tol usually means noisy data, which no "
+                    "low-rank model fits exactly: fitting longer fits the noise. Try "
+                    "early_stopping=True (stops at the best error on held-out entries), or "
+                    "dmc.RatingsCompleter for (user, item, rating) data.")
+    return message
 
 
 def _rescaled(factors, scale):
@@ -192,7 +245,26 @@ class DeepMatrixCompleter(BaseCompleter):
     random_state : int, numpy Generator or None
         Seeds every random draw (orthogonal operator, SVD start vector,
         random initializations).  All draws happen on the host in NumPy, so
-        a seed gives the same initialization on every backend.
+        a seed gives the same initialization on every backend.  With
+        ``early_stopping=True`` it also chooses the validation entries.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the observed entries (never
+        trained on), record their RMSE as ``history_["validation_rmse"]``,
+        stop after ``n_iter_no_change`` records without a better value and
+        restore the factors of the best one (``best_iter_``).  Use it on
+        noisy data (measurements, ratings), where fitting to ``tol`` fits
+        the noise; exact low-rank data need no validation split.
+    validation_fraction : float, default=0.1
+        Share of the observed entries held out with ``early_stopping``, in
+        (0, 1).
+    n_iter_no_change : int, default=50
+        Records (every ``record_every`` steps) without a better validation
+        RMSE before stopping, with ``early_stopping``.  Patience matters:
+        the factorization learns directions one after another and the
+        validation RMSE can rise for a few hundred steps while one is
+        learned (on MovieLens 100K at rank 10, for about 400 steps before
+        falling well below its earlier minimum), so the default waits 500
+        steps at ``record_every=10``.
 
     Notes
     -----
@@ -217,13 +289,17 @@ class DeepMatrixCompleter(BaseCompleter):
     history_ : dict of 1-D ndarrays
         ``iteration``, ``time`` (seconds since fit started, initialization
         included, recovery-error evaluation excluded), ``train_loss`` (in the units of M),
-        ``step_size`` (the inner factors' step on the normalized problem) and, with
-        ``ground_truth``, ``recovery_error``.
+        ``step_size`` (the inner factors' step on the normalized problem), with
+        ``ground_truth``, ``recovery_error``, and with ``early_stopping``,
+        ``validation_rmse`` (on the held-out entries, in the units of M).
     n_iter_ : int
         Gradient steps taken.
+    best_iter_ : int
+        Steps of the state kept: the best validation RMSE with
+        ``early_stopping``, else ``n_iter_``.
     converged_ : bool
         Whether ``tol`` was met.
-    stop_reason_ : {"tol", "callback", "max_iter", "interrupted"}
+    stop_reason_ : {"tol", "early_stopping", "callback", "max_iter", "interrupted"}
         Why the fit ended.
 
     Examples
@@ -241,7 +317,8 @@ class DeepMatrixCompleter(BaseCompleter):
     def __init__(self, rank=10, *, depth=3, method="compressed", init_scale=1e-3,
                  lr="auto", gamma=0.05, step_rule="auto", refresh_every="auto", width=None, normalize=True, max_iter=20000,
                  tol=1e-7, record_every=10, callbacks=None, verbose=0,
-                 backend="auto", device=None, dtype=None, random_state=None):
+                 backend="auto", device=None, dtype=None, random_state=None,
+                 early_stopping=False, validation_fraction=0.1, n_iter_no_change=50):
         self.rank = rank
         self.depth = depth
         self.method = method
@@ -261,6 +338,9 @@ class DeepMatrixCompleter(BaseCompleter):
         self.device = device
         self.dtype = dtype
         self.random_state = random_state
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
 
     # -- validation ----------------------------------------------------------
     def _check_params(self, shape):
@@ -310,6 +390,14 @@ class DeepMatrixCompleter(BaseCompleter):
             raise ValueError(f"record_every must be a positive integer; got {self.record_every!r}.")
         if self.dtype is not None and dtype_name(self.dtype) not in _DTYPES:
             raise ValueError(f'dtype must be None, "float32" or "float64"; got {self.dtype!r}.')
+        if not isinstance(self.early_stopping, (bool, np.bool_)):
+            raise TypeError(f"early_stopping must be True or False; got {self.early_stopping!r}.")
+        if not is_real(self.validation_fraction) or not 0 < self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be a number in (0, 1); got "
+                             f"{self.validation_fraction!r}.")
+        if not is_int(self.n_iter_no_change) or self.n_iter_no_change < 1:
+            raise ValueError(f"n_iter_no_change must be a positive integer; got "
+                             f"{self.n_iter_no_change!r}.")
         check_callbacks(self.callbacks)
         check_verbose(self.verbose)
 
@@ -377,6 +465,8 @@ class DeepMatrixCompleter(BaseCompleter):
                       else input_dtype or dtype_name(backend.default_float()))
         dtype = backend.float_dtype(float_name)
         rng = _rng(self.random_state)
+        if self.early_stopping:  # the validation entries never reach the fit below
+            obs, validation = _split_observations(obs, self.validation_fraction, rng)
         # the data's magnitude as a power of two: max |M| in [2**(exponent-1), 2**exponent)
         values = obs.values.astype(np.float64)
         exponent = math.frexp(float(np.max(np.abs(values))))[1]
@@ -443,15 +533,36 @@ class DeepMatrixCompleter(BaseCompleter):
                 raise ValueError("ground_truth must be finite everywhere (it is the full matrix).")
 
             metrics["recovery_error"] = lambda f: recovery_error(models.end_to_end(f), truth)
+        callbacks = solver_callbacks(self.callbacks)
+        if self.early_stopping:
+            v_rows, v_cols = (to_namespace(i.astype(np.int64), backend)
+                              for i in (validation.observed_rows, validation.observed_cols))
+            v_values = np.ldexp(validation.values.astype(np.float64), -exponent) / relative
+            metrics["validation_rmse"] = lambda f: scale * rmse(to_numpy(models.predict_entries(
+                f, v_rows, v_cols, backend.xp)), v_values)  # in the units of M
+            stopper = EarlyStopping("validation_rmse", self.n_iter_no_change)
+            callbacks.insert(0, _after_plateau(stopper))
 
-        with compute_threads(backend):
+        observed_norm = float(np.linalg.norm(obs.values))
+        with compute_threads(backend), warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # re-issued below, with advice
             result = gradient_descent(
                 factors, loss_and_gradients, rule, context=context, max_iter=self.max_iter,
-                tol=self.tol, observed_norm=float(np.linalg.norm(obs.values)),
+                tol=self.tol, observed_norm=observed_norm,
                 record_every=self.record_every, metrics=metrics,
-                callbacks=solver_callbacks(self.callbacks), loss_unit=scale * scale,  # inf (not OverflowError) past 1e154
+                callbacks=callbacks, loss_unit=scale * scale,  # inf (not OverflowError) past 1e154
                 start_time=start, verbose=int(self.verbose), refresh=refresh,
             )
+        if result.stop_reason == "max_iter":
+            residual = math.sqrt(2.0 * float(loss_and_gradients(result.factors)[0])) / observed_norm
+            warnings.warn(_max_iter_message(self.max_iter, self.tol, residual, self.early_stopping,
+                                            result.history["train_loss"]),
+                          ConvergenceWarning, stacklevel=2)
+        self.best_iter_ = result.n_iter
+        if self.early_stopping and stopper.best_state is not None:
+            if stopper.records_since_best >= stopper.patience:
+                result.stop_reason = "early_stopping"
+            result.factors, self.best_iter_ = stopper.best_state, stopper.best_iter
         self.shape_ = obs.shape
         self.backend_ = backend
         self.scale_ = scale

@@ -208,7 +208,8 @@ def load_estimator(path, *, backend=None, device=None, expected=None):
         _check_state(estimator)
     except _Damaged as error:
         raise ValueError(f"{path} is a damaged dmc model file: {error}. Save the model again.") from None
-    except (zipfile.BadZipFile, zlib.error, EOFError, KeyError, SyntaxError, tokenize.TokenError) as error:
+    except (zipfile.BadZipFile, zlib.error, EOFError, KeyError, SyntaxError, tokenize.TokenError,
+            NotImplementedError) as error:  # NotImplementedError: a flipped compression-method field
         # a truncated or modified archive: bad CRC, a member missing or cut short
         # (SyntaxError, TokenError: NumPy parsing a damaged .npy member header)
         raise ValueError(f"{path} is a damaged dmc model file (truncated or modified: "
@@ -275,6 +276,8 @@ def _check_state(estimator):
         users, items = _shape(estimator.user_ids_), _shape(estimator.item_ids_)
         rows, cols = _shape(estimator.row_factors_), _shape(estimator.column_factors_)
         expected = {"user_bias_": users, "item_bias_": items}
+        if hasattr(estimator, "implicit_factors_"):  # absent from files saved before it existed
+            expected["implicit_factors_"] = cols
         if (len(users) != 1 or len(items) != 1 or len(rows) != 2 or len(cols) != 2
                 or rows[0] != users[0] or cols[0] != items[0] or rows[1] != cols[1]
                 or any(_shape(getattr(estimator, k)) != v for k, v in expected.items())):

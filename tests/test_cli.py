@@ -446,6 +446,12 @@ MODEL_OPTION_CASES = {
     "record-every": (["--record-every", "3"], lambda m: m.record_every == 3
                      and _history_steps(m) == [0, 3, 6, 9, 12, 15, 18, 20]),
     "seed": (["--seed", "5"], lambda m: m.random_state == 5),
+    "early-stopping": (["--early-stopping", "--max-iter", "2000"],
+                       lambda m: m.early_stopping is True and "validation_rmse" in m.history_),
+    "validation-fraction": (["--early-stopping", "--validation-fraction", "0.25"],
+                            lambda m: m.validation_fraction == 0.25),
+    "n-iter-no-change": (["--early-stopping", "--n-iter-no-change", "2"],
+                         lambda m: m.n_iter_no_change == 2 and m.early_stopping is True),
     "backend": (["--backend", "numpy"], lambda m: m.backend == "numpy" and m.backend_.name == "numpy"),
     "device": (["--device", "cpu", "--backend", "torch"],
                lambda m: m.device == "cpu" and str(m.left_factor_.device) == "cpu"),
