@@ -13,7 +13,7 @@ from .backend import (compute_threads, dtype_name, make_pattern, observed_triple
                       resolve_backend, to_namespace, to_numpy)
 from .datasets import _rng
 from .exceptions import not_fitted
-from .metrics import recovery_error, rmse
+from .metrics import check_factor_pair, factor_recovery_error, recovery_error, rmse
 from .observations import Observations
 from .solver import gradient_descent
 
@@ -74,6 +74,17 @@ def _rescaled(factors, scale):
     for array in spread:
         array *= share
     return factors
+
+
+def _factor_truth_metric(pair, scale, backend, dtype):
+    """The recovery error against ``M* = A @ B.T`` (on the fit's scale), from factors only."""
+    root = math.sqrt(scale)  # (A / root)(B / root)^T = M* / scale
+    A, B = (to_namespace(factor, backend, dtype) / root for factor in pair)
+
+    def metric(f):
+        product = models.inner_product(f.inner)
+        return factor_recovery_error(f.left if product is None else f.left @ product, f.right, A, B)
+    return metric
 
 
 class DeepMatrixCompleter(BaseCompleter):
@@ -180,6 +191,16 @@ class DeepMatrixCompleter(BaseCompleter):
         Seeds every random draw (orthogonal operator, SVD start vector,
         random initializations).  All draws happen on the host in NumPy, so
         a seed gives the same initialization on every backend.
+    distributed : bool, default=False
+        Fit inside an initialized ``torch.distributed`` process group (e.g.
+        under ``torchrun``), with ``backend="torch"`` and
+        ``method="compressed"``: every process passes to ``fit`` a matrix of
+        the global shape holding only its own observed entries (any
+        partition), and every process ends with the same full model, equal
+        to the single-process fit on all the entries up to rounding.
+        ``device=None`` follows the local rank on CUDA (NCCL) and is the CPU
+        with gloo.  See :mod:`dmc.distributed` and the "Distributed fits"
+        page of the documentation.
 
     Notes
     -----
@@ -228,7 +249,7 @@ class DeepMatrixCompleter(BaseCompleter):
     def __init__(self, rank=10, *, depth=3, method="compressed", init_scale=1e-3,
                  lr="auto", gamma=0.01, step_rule="auto", width=None, normalize=True, max_iter=20000,
                  tol=1e-7, record_every=10, callbacks=None, verbose=0,
-                 backend="auto", device=None, dtype=None, random_state=None):
+                 backend="auto", device=None, dtype=None, random_state=None, distributed=False):
         self.rank = rank
         self.depth = depth
         self.method = method
@@ -247,6 +268,7 @@ class DeepMatrixCompleter(BaseCompleter):
         self.device = device
         self.dtype = dtype
         self.random_state = random_state
+        self.distributed = distributed
 
     # -- validation ----------------------------------------------------------
     def _check_params(self, shape):
@@ -330,14 +352,26 @@ class DeepMatrixCompleter(BaseCompleter):
             observed ones.
         mask : array-like of bool, shape (m, n), optional
             True = observed.
-        ground_truth : array-like of shape (m, n), optional
-            The full matrix; when given, ``history_["recovery_error"]`` is
-            recorded (this forms the dense product at each record).
+        ground_truth : array-like of shape (m, n) or tuple (A, B), optional
+            The full matrix, or a factor pair with ``M* = A @ B.T`` (``A``
+            m x r, ``B`` n x r, arrays of any backend); when given,
+            ``history_["recovery_error"]`` is recorded.  A dense truth forms
+            the dense product at each record; a factor pair costs
+            O((m + n)(k + r)^2) per record and forms nothing of size m x n
+            (:func:`dmc.metrics.factor_recovery_error`).
 
         Returns
         -------
         self
         """
+        if not isinstance(self.distributed, (bool, np.bool_)):
+            raise TypeError(f"distributed must be True or False; got {self.distributed!r}.")
+        if self.distributed:  # the process-group logic lives in dmc.distributed
+            from .distributed import fit_distributed
+
+            for name, value in fit_distributed(self, M, mask, ground_truth=ground_truth).items():
+                setattr(self, name, value)
+            return self
         start = time.perf_counter()
         backend = resolve_backend(M, self.backend, self.device)
         obs, input_dtype = observed_triplets(M, mask)
@@ -345,7 +379,9 @@ class DeepMatrixCompleter(BaseCompleter):
         if not np.any(obs.values):
             raise ValueError("all observed values are zero: there is no signal to complete "
                              "(the zero matrix fits them exactly).")
-        if ground_truth is not None:
+        if isinstance(ground_truth, tuple):
+            check_factor_pair(ground_truth, obs.shape)
+        elif ground_truth is not None:
             if tuple(ground_truth.shape if hasattr(ground_truth, "shape")
                      else np.shape(ground_truth)) != obs.shape:
                 raise ValueError(
@@ -408,7 +444,9 @@ class DeepMatrixCompleter(BaseCompleter):
                 return models.sparse_loss_and_gradients(f, pattern, values)
 
         metrics = {}
-        if ground_truth is not None:
+        if isinstance(ground_truth, tuple):
+            metrics["recovery_error"] = _factor_truth_metric(ground_truth, scale, backend, dtype)
+        elif ground_truth is not None:
             truth = to_namespace(ground_truth, backend, dtype) / scale
             if not bool(backend.xp.all(backend.xp.isfinite(truth))):
                 raise ValueError("ground_truth must be finite everywhere (it is the full matrix).")
