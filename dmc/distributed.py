@@ -270,8 +270,6 @@ def _fingerprint(value):
         return f"Generator({hashlib.sha256(state).hexdigest()[:16]})"
     if callable(value) and not isinstance(value, type):
         return "<callable>"
-    if isinstance(value, (list, tuple)):
-        return type(value)(_fingerprint(v) for v in value)
     return repr(value)
 
 
@@ -568,13 +566,13 @@ def fit_distributed(estimator, M, mask=None, *, ground_truth=None):
     from ._base import solver_callbacks
 
     start = time.perf_counter()
-    require_process_group()
     if estimator.backend != "torch":
         raise ValueError(f'distributed=True needs backend="torch" (the processes talk through '
                          f'torch.distributed); got backend={estimator.backend!r}.')
     if estimator.method != "compressed":
         raise ValueError(f'distributed=True fits method="compressed" only; got '
                          f'method={estimator.method!r}.')
+    require_process_group()
     device = local_device(estimator.device)
     comm = Communicator(device if comm_device_is(device) else None)
     comm.start()
