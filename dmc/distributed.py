@@ -40,6 +40,7 @@ import math
 import os
 import signal
 import threading
+import warnings
 
 import numpy as np
 import scipy.sparse as sp
@@ -562,7 +563,7 @@ def fit_distributed(estimator, M, mask=None, *, ground_truth=None):
     from .backend import dtype_name, make_pattern, resolve_backend, to_namespace
     from .estimator import (_REFERENCE_SCALE, _check_output_range, _check_raw_range,
                             _rescaled)
-    from .solver import gradient_descent
+    from .solver import ConvergenceWarning, gradient_descent
     from ._base import solver_callbacks
 
     start = time.perf_counter()
@@ -655,7 +656,9 @@ def fit_distributed(estimator, M, mask=None, *, ground_truth=None):
     if ground_truth is not None:
         metrics["recovery_error"] = _truth_metric(comm, ground_truth, offsets, scale, backend, dtype)
     callbacks = _stop_together(comm, solver_callbacks(estimator.callbacks))
-    with _immediate_interrupt():
+    with _immediate_interrupt(), warnings.catch_warnings():
+        if comm.rank != 0:  # the same warning on every process: rank 0 says it once
+            warnings.simplefilter("ignore", ConvergenceWarning)
         result = gradient_descent(
             factors, loss_and_gradients, rule, context=context, max_iter=estimator.max_iter,
             tol=estimator.tol, observed_norm=observed_norm, record_every=estimator.record_every,

@@ -308,3 +308,84 @@ def test_factor_pair_ground_truth_is_checked():
         DeepMatrixCompleter(rank=2).fit(M, ground_truth=(B, A))
     with pytest.raises(TypeError, match="tuple"):
         DeepMatrixCompleter(rank=2).fit(M, ground_truth=(A,))
+
+
+# -- the command under torchrun ----------------------------------------------------------
+def _torchrun(tmp_path, size, *args, timeout=HARD_TIMEOUT):
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={size}", "-m", "dmc", "complete", *map(str, args), "--distributed"]
+    try:
+        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"torchrun hung (killed after {timeout} s)")
+
+
+def _write_inputs(tmp_path):
+    A, B, rows, cols, values = _problem()
+    with open(tmp_path / "in.csv", "w") as handle:
+        handle.write("row,col,value\n")
+        np.savetxt(handle, np.c_[rows, cols, values], fmt=["%d", "%d", "%.17g"], delimiter=",")
+    import scipy.io
+
+    scipy.io.mmwrite(tmp_path / "in.mtx", sp.coo_matrix((values, (rows, cols)),
+                                                         shape=(A.shape[0], B.shape[0])))
+    return A, B, rows, cols, values
+
+
+@pytest.mark.parametrize("size, name", [(2, "in.csv"), (3, "in.mtx")])
+def test_command_under_torchrun_writes_the_single_process_completion(tmp_path, size, name):
+    _write_inputs(tmp_path)
+    options = ["--rank", "3", "--max-iter", "200", "--init-scale", "0.1", "--seed", "0"]
+    proc = _torchrun(tmp_path, size, name, "-o", "out.npy", *options, "--save-model", "model.npz")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("wrote the completed 36 x 28 matrix to out.npy") == 1  # rank 0 only
+    reference = _single_process(dict(rank=3, max_iter=200, init_scale=0.1, random_state=0))
+    X = reference.transform(as_numpy=True)
+    written = np.load(tmp_path / "out.npy")
+    assert np.max(np.abs(written - X)) <= 1e-8 * np.max(np.abs(X))
+    loaded = DeepMatrixCompleter.load(tmp_path / "model.npz")
+    np.testing.assert_allclose(loaded.transform(as_numpy=True), written, rtol=0, atol=1e-12)
+
+
+def test_command_shares_cover_the_file_once(tmp_path):
+    from dmc.io import read_share
+
+    A, B, rows, cols, values = _write_inputs(tmp_path)
+    expected = sp.coo_matrix((values, (rows, cols)), shape=(A.shape[0], B.shape[0])).toarray()
+    for name in ("in.csv", "in.mtx"):
+        for size in (1, 2, 3, 7):
+            shares = [read_share(tmp_path / name, r, size) for r in range(size)]
+            got = np.zeros_like(expected)
+            count = 0
+            for share_rows, share_cols, share_values, _, _ in shares:
+                got[share_rows, share_cols] += share_values
+                count += share_rows.size
+            assert count == len(values)
+            np.testing.assert_array_equal(got, expected)
+
+
+def test_command_bad_share_fails_on_every_process(tmp_path):
+    _write_inputs(tmp_path)
+    text = (tmp_path / "in.csv").read_text().splitlines()
+    text[-2] = "3,abc,1.0"  # in the last process's share
+    (tmp_path / "bad.csv").write_text("\n".join(text) + "\n")
+    proc = _torchrun(tmp_path, 2, "bad.csv", "-o", "out.npy", "--rank", "3", "--max-iter", "5")
+    assert proc.returncode != 0
+    assert proc.stderr.count("dmc: error:") == 2, proc.stderr[-3000:]
+    assert "'abc' is not a number" in proc.stderr or "not row,col,value" in proc.stderr
+    assert not (tmp_path / "out.npy").exists()
+
+
+def test_command_without_torchrun_is_a_usage_error(tmp_path):
+    _write_inputs(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    for key in ("RANK", "WORLD_SIZE"):
+        env.pop(key, None)
+    proc = subprocess.run([sys.executable, "-m", "dmc", "complete", "in.csv", "-o", "out.npy",
+                           "--distributed"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=HARD_TIMEOUT)
+    assert proc.returncode == 2
+    assert "runs under torchrun" in proc.stderr
