@@ -389,3 +389,21 @@ def test_command_without_torchrun_is_a_usage_error(tmp_path):
                           text=True, timeout=HARD_TIMEOUT)
     assert proc.returncode == 2
     assert "runs under torchrun" in proc.stderr
+
+
+def test_a_process_that_owns_no_rows(tmp_path):
+    """All entries in two rows: the third process's row block holds no entry."""
+    A, B, _, _, _ = _problem()
+    rows = np.repeat([0, 1], B.shape[0])
+    cols = np.tile(np.arange(B.shape[0]), 2)
+    values = (A @ B.T)[rows, cols]
+    problem = (A, B, rows, cols, values)
+    params = dict(PARAMS, rank=1, max_iter=50)
+    results = _run(tmp_path, 3, params=params, partition="checkerboard", problem=problem)
+    offsets = distributed.row_blocks(np.bincount(rows, minlength=A.shape[0]), 3)
+    assert np.bincount(rows, minlength=A.shape[0])[offsets[2]:].sum() == 0
+    reference = _single_process(params, problem=problem, ground_truth="dense")
+    X = reference.transform(as_numpy=True)
+    for rank, (status, result) in results.items():
+        assert status == "ok", (rank, result)
+        assert np.max(np.abs(result["X"] - X)) <= 1e-8 * np.max(np.abs(X))
