@@ -212,11 +212,15 @@ def main(argv=None):
     def extra(parser):
         parser.add_argument("--memory-child", nargs=3, default=None, help=argparse_hidden())
         parser.add_argument("--worker", default=None, help=argparse_hidden())
+        parser.add_argument("--from-results", action="store_true",
+                            help="rewrite the figure and README section from results/distributed.json")
     args, out = C.parse_args(NAME, __doc__.splitlines()[0], argv, extra=extra)
     if args.memory_child:
         return memory_child(args.memory_child[0], args.memory_child[1], int(args.memory_child[2]))
     if args.worker:
         return worker(args.worker)
+    if args.from_results:
+        return report(json.loads(out.json.read_text()), out)
     if args.quick:
         memory_sizes = [(2000, 2000, 20_000)]
         spec = dict(m=2000, n=2000, count=40_000, timed_steps=5, max_iter=60, target=1e-1,
@@ -257,7 +261,26 @@ def main(argv=None):
                    model=dict(predicted_two_process_step=predicted_two,
                               measured_two_process_step=two["time_per_step"]))
     C.write_json(out.json, payload)
+    return report(payload, out)
 
+
+def _marginal(memory, key):
+    """Bytes per additional observed entry between consecutive sizes of one backend."""
+    out = {}
+    for backend in dict.fromkeys(r["backend"] for r in memory):
+        rows = sorted((r for r in memory if r["backend"] == backend and r[key]),
+                      key=lambda r: r["observed"])
+        for a, b in zip(rows, rows[1:]):
+            out[(backend, b["observed"])] = (b[key] - a[key]) / (b["observed"] - a["observed"])
+    return out
+
+
+def report(payload, out):
+    """The figure and the README section from a payload (a run's, or results/distributed.json)."""
+    memory, summary, spec = payload["memory"], payload["processes"], payload["settings"]
+    k = spec["k"]
+    one, two = summary
+    predicted_two = payload["model"]["predicted_two_process_step"]
     from dmc.plotting import _figure
     fig, axes = _figure(ncols=2)
     ax = axes[0][0]
@@ -276,9 +299,13 @@ def main(argv=None):
     ax.set_ylabel("ms per step")
     C.save_figure(fig, out.figure())
 
+    traced_marginal = _marginal(memory, "traced_peak")
+    rss_marginal = _marginal(memory, "rss_growth")
     mem_rows = [[f"{r['m']:,} x {r['n']:,}", f"{r['observed']:,}", r["backend"],
                  C.fmt(r["traced_peak"] / r["observed"] if r["traced_peak"] else None, ".0f"),
+                 C.fmt(traced_marginal.get((r["backend"], r["observed"])), ".0f"),
                  f"{r['rss_growth'] / r['observed']:.0f}",
+                 C.fmt(rss_marginal.get((r["backend"], r["observed"])), ".0f"),
                  f"{r['input_csr_bytes'] / r['observed']:.0f}",
                  f"{r['factor_bytes'] / 2**20:.1f}"] for r in memory]
     run_rows = [[str(s["processes"]), f"{1e3 * s['time_per_step']:.0f}",
@@ -302,7 +329,12 @@ def main(argv=None):
         "dmc.backend.ScipyPattern), the Numba and torch kernels none.",
         "",
         C.markdown_table(["m x n", "observed", "backend", "traced peak B/entry",
-                          "RSS growth B/entry", "input CSR B/entry", "factors MiB"], mem_rows),
+                          "traced, marginal", "RSS growth B/entry", "RSS, marginal",
+                          "input CSR B/entry", "factors MiB"], mem_rows),
+        "",
+        "\"Marginal\" is the growth per additional entry from the previous size of the same "
+        "backend: what each entry costs once the fixed parts (the factors, the Lanczos vectors, "
+        "Numba's compiled kernels, torch's allocator pools) are paid.",
         "",
         f"**1 vs 2 processes** (gloo on this machine, one thread each; {spec['m']:,} x "
         f"{spec['n']:,}, {spec['count']:,} entries, row-block shares): per-step time over "
@@ -321,6 +353,8 @@ def main(argv=None):
         f"![{NAME}]({out.rel(out.figure())})",
     ], payload, out)
     return payload
+
+
 
 
 def argparse_hidden():
