@@ -77,8 +77,8 @@ def memory_child(path, backend, steps):
             np.ones((2, 2)), np.ones((2, 2)), np.ones(2))
 
     X = sp.load_npz(path).tocsr()
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    current = _rss()
+    reset = _reset_peak()
+    baseline = _status("VmRSS")
     model = DeepMatrixCompleter(rank=RANK_BUDGET, max_iter=steps, record_every=steps, tol=0.0,
                                 random_state=0, backend=backend)
     traced = None
@@ -91,9 +91,28 @@ def memory_child(path, backend, steps):
         if trace:
             traced = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps(dict(traced_peak=traced, rss_growth=peak - max(baseline, current),
-                          rss_peak=peak, observed=int(X.nnz), m=X.shape[0], n=X.shape[1])))
+    peak = _status("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps(dict(traced_peak=traced, rss_growth=peak - baseline, rss_peak=peak,
+                          peak_reset=reset, observed=int(X.nnz), m=X.shape[0], n=X.shape[1])))
+
+
+def _status(field):
+    """A memory field of /proc/self/status, in bytes."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def _reset_peak():
+    """Reset the process's peak RSS (VmHWM) to its current RSS (Linux: clear_refs 5)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def _numba():
@@ -212,6 +231,8 @@ def main(argv=None):
     def extra(parser):
         parser.add_argument("--memory-child", nargs=3, default=None, help=argparse_hidden())
         parser.add_argument("--worker", default=None, help=argparse_hidden())
+        parser.add_argument("--memory-only", action="store_true",
+                            help="measure the memory part again and merge it into results/distributed.json")
         parser.add_argument("--from-results", action="store_true",
                             help="rewrite the figure and README section from results/distributed.json")
     args, out = C.parse_args(NAME, __doc__.splitlines()[0], argv, extra=extra)
@@ -234,6 +255,11 @@ def main(argv=None):
     memory = []
     for m, n, count in memory_sizes:
         memory.extend(measure_memory(m, n, count, 3, workdir))
+    if args.memory_only:
+        payload = json.loads(out.json.read_text())
+        payload["memory"] = memory
+        C.write_json(out.json, payload)
+        return report(payload, out)
     runs = {}
     for size in (1, 2):
         runs[size] = run_processes(size, spec, workdir)
@@ -322,7 +348,7 @@ def report(payload, out):
         "**Memory per observed entry** on the path from scipy.sparse to a fitted model (3 steps; "
         "fresh interpreter per row; tracemalloc with the SciPy kernels, whose every allocation "
         "it sees; the RSS growth is the whole process's peak resident memory during the fit "
-        "minus before it, which counts torch's and Numba's allocations too; Numba's kernels "
+        "(VmHWM, reset just before it) minus its resident memory before it, which counts torch's and Numba's allocations too; Numba's kernels "
         "are compiled or loaded before the baseline). The factors (U, V, 8 (m + n) k "
         "bytes) are listed apart: they are not per entry. The SciPy kernels keep two "
         "|Omega| x k gather buffers between steps (2 k = 40 numbers per entry, for speed; "
