@@ -50,7 +50,7 @@ from . import models, steps, subspace
 from .observations import Observations
 
 __all__ = ["Communicator", "DistributedError", "SummedOperator", "agree", "collectively",
-           "fit_distributed", "local_device", "repartition", "require_process_group",
+           "fit_distributed", "initialize_compressed", "local_device", "repartition", "require_process_group",
            "row_blocks", "row_block_loss_and_gradients", "START_TIMEOUT"]
 
 # how long the first collective of a fit waits for the other processes (gloo's

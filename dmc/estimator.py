@@ -233,6 +233,10 @@ class DeepMatrixCompleter(BaseCompleter):
         Whether ``tol`` was met.
     stop_reason_ : {"tol", "callback", "max_iter", "interrupted"}
         Why the fit ended.
+    row_offsets_ : ndarray of shape (P + 1,)
+        Distributed fits only: process ``r`` owned rows
+        ``row_offsets_[r]:row_offsets_[r + 1]`` of ``left_factor_`` while
+        training (blocks balanced by observed entries).
 
     Examples
     --------
