@@ -526,13 +526,13 @@ def _random_state(comm, random_state):
 
 def _truth_metric(comm, ground_truth, offsets, scale, backend, dtype):
     """The recovery-error metric of a distributed fit (dense truth rows or a factor pair)."""
-    from .backend import to_namespace
+    from .backend import to_namespace, to_numpy
     from .metrics import factor_recovery_error
 
     r0, r1 = int(offsets[comm.rank]), int(offsets[comm.rank + 1])
     xp = backend.xp
     if isinstance(ground_truth, tuple):
-        A, B = (to_namespace(np.asarray(a), backend, dtype) / math.sqrt(scale) for a in ground_truth)
+        A, B = (to_namespace(a, backend, dtype) / math.sqrt(scale) for a in ground_truth)
         A = A[r0:r1]
 
         def metric(f):
@@ -540,7 +540,7 @@ def _truth_metric(comm, ground_truth, offsets, scale, backend, dtype):
             rows = f.left if product is None else f.left @ product
             return factor_recovery_error(rows, f.right, A, B, row_sum=comm.sum)
         return metric
-    truth = to_namespace(np.asarray(ground_truth)[r0:r1], backend, dtype) / scale
+    truth = to_namespace(to_numpy(ground_truth)[r0:r1], backend, dtype) / scale
 
     def metric(f):
         X = models.end_to_end(f)
@@ -683,6 +683,7 @@ def comm_device_is(device):
 
 def _check_truth(ground_truth, shape):
     """``ground_truth``: a dense m x n array or a factor pair ``(A, B)`` with ``A @ B.T`` m x n."""
+    from .backend import to_numpy
     from .metrics import check_factor_pair
 
     if isinstance(ground_truth, tuple):
@@ -691,5 +692,5 @@ def _check_truth(ground_truth, shape):
     if tuple(np.shape(ground_truth)) != tuple(shape):
         raise ValueError(f"ground_truth has shape {tuple(np.shape(ground_truth))} but M has shape "
                          f"{tuple(shape)}; pass the full matrix (or a factor pair (A, B)).")
-    if not np.all(np.isfinite(np.asarray(ground_truth))):
+    if not np.all(np.isfinite(to_numpy(ground_truth))):
         raise ValueError("ground_truth must be finite everywhere (it is the full matrix).")
