@@ -363,6 +363,23 @@ def _matrix_market_header(path):
         return (rows, cols), entries, handle.tell()
 
 
+def _text_data_start(path):
+    """Byte offset after the header line of a triplet file (0 without a header).
+
+    The header is the first line that is neither blank nor a ``#`` comment,
+    when its fields are not all numbers.
+    """
+    with open(path, "rb") as handle:
+        for line in handle:
+            text = line.decode("utf-8-sig", "replace").strip()
+            if not text or text.startswith("#"):
+                continue
+            delimiter = "," if "," in text else ("\t" if "\t" in text else None)
+            fields = text.split(delimiter) if delimiter else text.split()
+            return handle.tell() if not all(_is_number(f.strip()) for f in fields) else 0
+    return 0
+
+
 def _byte_share(path, start, rank, size):
     """``(offset, text)``: the lines of ``path`` that begin in this process's byte range.
 
@@ -459,8 +476,8 @@ def read_share(path, rank, size, *, one_based=False, shape=None):
         one_based = True
     elif suffix in TEXT_SUFFIXES:
         declared = None
-        offset, text = _byte_share(path, 0, rank, size)
-        table = _parse_share(path, offset, text, skip_header=offset == 0)
+        offset, text = _byte_share(path, _text_data_start(path), rank, size)
+        table = _parse_share(path, offset, text, skip_header=False)
     else:
         raise ValueError(f"{path}: --distributed reads Matrix Market (.mtx) or CSV triplet "
                          f"(.csv/.tsv/.txt) files; got {suffix or '(no extension)'!r}")

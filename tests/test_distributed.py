@@ -407,3 +407,33 @@ def test_a_process_that_owns_no_rows(tmp_path):
     for rank, (status, result) in results.items():
         assert status == "ok", (rank, result)
         assert np.max(np.abs(result["X"] - X)) <= 1e-8 * np.max(np.abs(X))
+
+
+@settings(max_examples=40, deadline=None)
+@given(entries=st.lists(st.tuples(st.integers(0, 50), st.integers(0, 50),
+                                  st.floats(-1e3, 1e3, allow_nan=False)), min_size=1, max_size=30,
+                        unique_by=lambda e: e[:2]),
+       header=st.booleans(), comments=st.lists(st.integers(0, 30), max_size=5),
+       size=st.integers(1, 6), matrix_market=st.booleans())
+def test_read_share_reads_every_line_exactly_once(tmp_path_factory, entries, header, comments,
+                                                   size, matrix_market):
+    from dmc.io import read_share
+
+    path = tmp_path_factory.mktemp("share") / ("in.mtx" if matrix_market else "in.csv")
+    lines = [f"{r + matrix_market} {c + matrix_market} {v!r}" if matrix_market else f"{r},{c},{v!r}"
+             for r, c, v in entries]
+    for position in sorted(comments, reverse=True):  # comment and blank lines anywhere
+        lines.insert(min(position, len(lines)), "%" if matrix_market else "# a comment")
+        lines.insert(min(position, len(lines)), "")
+    if matrix_market:
+        lines = ["%%MatrixMarket matrix coordinate real general", "% made by a test",
+                 f"51 51 {len(entries)}"] + lines
+    elif header:  # after comment lines, possibly
+        lines = ["# a comment"] * (len(comments) % 3) + ["row,col,value"] + lines
+    path.write_text("\n".join(lines) + "\n")
+    read = []
+    for rank in range(size):
+        rows, cols, values, shape, declared = read_share(path, rank, size)
+        read.extend(zip(rows.tolist(), cols.tolist(), values.tolist()))
+        assert declared == (len(entries) if matrix_market else None)
+    assert sorted(read) == sorted((r, c, float(v)) for r, c, v in entries)
