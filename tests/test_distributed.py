@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from dmc import DeepMatrixCompleter
@@ -415,6 +415,8 @@ def test_a_process_that_owns_no_rows(tmp_path):
                         unique_by=lambda e: e[:2]),
        header=st.booleans(), comments=st.lists(st.integers(0, 30), max_size=5),
        size=st.integers(1, 6), matrix_market=st.booleans())
+# comment lines before the header, longer than the first process's share of the bytes
+@example(entries=[(1, 2, 0.5)], header=True, comments=[0, 0], size=6, matrix_market=False)
 def test_read_share_reads_every_line_exactly_once(tmp_path_factory, entries, header, comments,
                                                    size, matrix_market):
     from dmc.io import read_share
