@@ -207,6 +207,44 @@ def worker(spec_path):
     dist.destroy_process_group()
 
 
+# -- part 3: one process, NumPy backend, to the target -----------------------------------
+def single_machine_child(spec_path):
+    """One process, default backend and kernels: time to the target and whole-process peak RSS."""
+    import warnings
+
+    from dmc import DeepMatrixCompleter
+
+    spec = json.loads(Path(spec_path).read_text())
+    A, B, rows, cols, values = make_problem(spec["m"], spec["n"], spec["count"])
+    X = sp.csr_matrix((values, (rows, cols)), shape=(spec["m"], spec["n"]))
+    del rows, cols, values
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = DeepMatrixCompleter(rank=RANK_BUDGET, max_iter=spec["max_iter"], record_every=10,
+                                    tol=0.0, random_state=0,
+                                    callbacks=lambda r: r["recovery_error"] <= spec["target"])
+        model.fit(X, ground_truth=(A, B))
+    h = model.history_
+    print(json.dumps(dict(steps_to_target=int(h["iteration"][-1]),
+                          seconds_to_target=float(h["time"][-1]), init_seconds=float(h["time"][0]),
+                          final_recovery_error=float(h["recovery_error"][-1]),
+                          reached=bool(h["recovery_error"][-1] <= spec["target"]),
+                          peak_rss=_status("VmHWM"))))
+
+
+def single_machine(spec, workdir):
+    spec_path = Path(workdir) / "single.json"
+    spec_path.write_text(json.dumps(spec))
+    env = dict(os.environ, PYTHONPATH=str(C.REPO))
+    proc = subprocess.run([sys.executable, __file__, "--single-child", str(spec_path)], env=env,
+                          capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-2000:])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print("single machine", result, flush=True)
+    return result
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -231,6 +269,11 @@ def main(argv=None):
     def extra(parser):
         parser.add_argument("--memory-child", nargs=3, default=None, help=argparse_hidden())
         parser.add_argument("--worker", default=None, help=argparse_hidden())
+        parser.add_argument("--single-child", default=None, help=argparse_hidden())
+        parser.add_argument("--processes-only", action="store_true",
+                            help="measure the 1 vs 2 process runs again into results/distributed.json")
+        parser.add_argument("--single-only", action="store_true",
+                            help="measure the one-process NumPy run again into results/distributed.json")
         parser.add_argument("--memory-only", action="store_true",
                             help="measure the memory part again and merge it into results/distributed.json")
         parser.add_argument("--from-results", action="store_true",
@@ -240,6 +283,8 @@ def main(argv=None):
         return memory_child(args.memory_child[0], args.memory_child[1], int(args.memory_child[2]))
     if args.worker:
         return worker(args.worker)
+    if args.single_child:
+        return single_machine_child(args.single_child)
     if args.from_results:
         return report(json.loads(out.json.read_text()), out)
     if args.quick:
@@ -252,14 +297,24 @@ def main(argv=None):
         spec = dict(m=30_000, n=30_000, count=3_000_000, timed_steps=10, max_iter=800,
                     target=1e-4, allreduce_repeats=20)
     workdir = tempfile.mkdtemp(prefix="dmc-bench-distributed-")
-    memory = []
-    for m, n, count in memory_sizes:
-        memory.extend(measure_memory(m, n, count, 3, workdir))
-    if args.memory_only:
+    if args.single_only:
         payload = json.loads(out.json.read_text())
-        payload["memory"] = memory
+        payload["single_machine"] = single_machine(spec, workdir)
         C.write_json(out.json, payload)
         return report(payload, out)
+    if args.processes_only:
+        previous = json.loads(out.json.read_text())
+        memory, single = previous["memory"], previous.get("single_machine")
+    else:
+        memory = []
+        for m, n, count in memory_sizes:
+            memory.extend(measure_memory(m, n, count, 3, workdir))
+        if args.memory_only:
+            payload = json.loads(out.json.read_text())
+            payload["memory"] = memory
+            C.write_json(out.json, payload)
+            return report(payload, out)
+        single = single_machine(spec, workdir)
     runs = {}
     for size in (1, 2):
         runs[size] = run_processes(size, spec, workdir)
@@ -283,7 +338,7 @@ def main(argv=None):
     payload = dict(benchmark=NAME, quick=args.quick, machine=C.machine_info(["torch"]),
                    settings=dict(spec, true_rank=TRUE_RANK, rank_budget=RANK_BUDGET, k=k, depth=3,
                                  step_rule="auto (adaptive)", gloo_threads_per_process=1),
-                   memory=memory, processes=summary,
+                   memory=memory, processes=summary, single_machine=single,
                    model=dict(predicted_two_process_step=predicted_two,
                               measured_two_process_step=two["time_per_step"]))
     C.write_json(out.json, payload)
@@ -377,6 +432,7 @@ def report(payload, out):
                           "init (s)", f"steps to {spec['target']:g}",
                           f"s to {spec['target']:g}", "final error"], run_rows),
         "",
+        *_single_lines(payload),
         f"Scaling model t(2) = t(1) / 2 + t_allreduce: from the timed steps, predicted "
         f"{1e3 * predicted_two:.0f} ms per step, measured {1e3 * two['time_per_step']:.0f} ms; from "
         f"the whole runs, predicted {1e3 * (run_step(one) / 2 + two['allreduce_seconds']):.0f} ms, "
@@ -390,6 +446,18 @@ def report(payload, out):
     return payload
 
 
+
+
+def _single_lines(payload):
+    single, spec = payload.get("single_machine"), payload["settings"]
+    if not single:
+        return []
+    return [f"**One process, NumPy backend** (the default, Numba kernels, one thread), same "
+            f"problem and truth: {single['steps_to_target']} steps and "
+            f"{single['seconds_to_target']:.0f} s to recovery error {spec['target']:g} "
+            f"(final {single['final_recovery_error']:.1e}; initialization "
+            f"{single['init_seconds']:.1f} s), whole-process peak RSS "
+            f"{single['peak_rss'] / 2**30:.2f} GiB (problem generation included).", ""]
 
 
 def argparse_hidden():
