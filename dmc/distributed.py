@@ -50,8 +50,8 @@ from . import models, steps, subspace
 from .observations import Observations
 
 __all__ = ["Communicator", "DistributedError", "SummedOperator", "agree", "collectively",
-           "fit_distributed", "initialize_compressed", "local_device", "repartition", "require_process_group",
-           "row_blocks", "row_block_loss_and_gradients", "START_TIMEOUT"]
+           "fit_distributed", "initialize_compressed", "local_device", "repartition",
+           "require_process_group", "row_blocks", "row_block_loss_and_gradients", "START_TIMEOUT"]
 
 # how long the first collective of a fit waits for the other processes (gloo's
 # monitored barrier); DMC_DISTRIBUTED_TIMEOUT (seconds) overrides it
