@@ -276,6 +276,8 @@ def _check_output(path, what="output"):
 def _complete(args):
     import numpy as np
 
+    if args.distributed:
+        return _complete_distributed(args)
     _check_output(args.output)
     if args.save_model is not None:
         _check_writable_target(args.save_model, "the model")
@@ -316,6 +318,111 @@ def _complete(args):
           + (f"; model saved to {args.save_model}" if args.save_model is not None else ""),
           file=sys.stderr, flush=True)
     return 0
+
+
+def _start_process_group(args):
+    """The process group of ``dmc complete --distributed`` (started by torchrun's environment).
+
+    Returns True when this call initialized it (and must destroy it).
+    """
+    try:
+        import torch
+        import torch.distributed as dist
+    except ImportError:
+        raise ImportError('--distributed needs torch: pip install "dmc[torch]"') from None
+    if dist.is_initialized():
+        return False
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        raise CLIError("--distributed runs under torchrun, which starts the processes: "
+                       "torchrun --nproc_per_node=N -m dmc complete INPUT -o OUTPUT --distributed")
+    device = args.device or ""
+    gpu = device.startswith("cuda") or (not device and torch.cuda.is_available())
+    dist.init_process_group("nccl" if gpu else "gloo")
+    return True
+
+
+def _complete_distributed(args):
+    """``dmc complete --distributed``: every process reads its share; rank 0 writes."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    from .io import read_share
+
+    if args.backend not in ("auto", "torch"):
+        raise CLIError(f"--distributed trains with --backend torch; got --backend {args.backend}")
+    if args.method != "compressed":
+        raise CLIError(f"--distributed fits --method compressed only; got --method {args.method}")
+    created = _start_process_group(args)
+    try:
+        import torch.distributed as dist
+
+        from . import distributed
+        from .estimator import DeepMatrixCompleter
+
+        rank, size = dist.get_rank(), dist.get_world_size()
+        comm = distributed.Communicator(distributed.local_device(args.device)
+                                        if dist.get_backend() == "nccl" else None)
+        comm.start()
+
+        def check_targets():
+            if rank == 0:
+                _check_output(args.output)
+                if args.save_model is not None:
+                    _check_writable_target(args.save_model, "the model")
+            if args.shape is not None and min(args.shape) < 1:
+                raise CLIError(f"--shape must be positive; got {args.shape[0]} {args.shape[1]}")
+            return read_share(args.input, rank, size, one_based=args.one_based, shape=args.shape)
+
+        rows, cols, values, shape, declared = distributed.collectively(
+            comm, f"reading its share of {args.input}", check_targets)
+        if shape is None:  # CSV without --shape: the largest index of any share, plus one
+            local = np.array([rows.max() + 1 if rows.size else 0,
+                              cols.max() + 1 if cols.size else 0], dtype=np.int64)
+            shape = tuple(int(s) for s in comm.max(local))
+        n_observed = int(comm.sum(np.array([rows.size], dtype=np.int64))[0])
+        if declared is not None and n_observed != declared:
+            raise ValueError(f"{args.input}: the header declares {declared} entries but the file "
+                             f"holds {n_observed}: it is truncated or the header is wrong")
+        # COO, not CSR: an entry given twice is reported by the fit, not summed
+        M = sp.coo_matrix((values, (rows, cols)), shape=shape)
+        pairs = distributed.collectively(
+            comm, f"reading {args.pairs}",
+            lambda: read_pairs(args.pairs, one_based=args.one_based, shape=shape)
+            if args.pairs is not None and rank == 0 else None)
+        kwargs = dict(_model_kwargs(args), backend="torch")
+        model = DeepMatrixCompleter(**kwargs, verbose=min(args.verbose, 2) if rank == 0 else 0,
+                                    distributed=True)
+        if args.verbose and rank == 0:
+            print(f"dmc: {args.input}: {shape[0]} x {shape[1]} matrix, {n_observed} observed "
+                  f"entries on {size} processes; fitting rank {args.rank}, depth {args.depth}",
+                  file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(sys.stderr):
+            model.fit(M)
+        elapsed = time.perf_counter() - start
+        if rank != 0:
+            return 0
+        status = "converged" if model.converged_ else "stopped at --max-iter"
+        if pairs is not None:
+            values = np.asarray(model.predict(*pairs, as_numpy=True))
+            write_pairs(args.output, *pairs, values, one_based=args.one_based)
+            wrote = f"{len(values)} predictions"
+        else:
+            write_matrix(args.output, np.asarray(model.transform(as_numpy=True)))
+            wrote = f"the completed {shape[0]} x {shape[1]} matrix"
+        if args.save_model is not None:
+            model.save(args.save_model)
+        where = "stdout" if str(args.output) == "-" else args.output
+        print(f"dmc: {shape[0]} x {shape[1]} matrix, {n_observed} observed entries, {size} "
+              f"processes: {model.n_iter_} steps in {elapsed:.2f} s ({status}); wrote {wrote} to "
+              f"{where}" + (f"; model saved to {args.save_model}" if args.save_model else ""),
+              file=sys.stderr, flush=True)
+        return 0
+    finally:
+        if created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
 
 
 # -- dmc bench -----------------------------------------------------------------
@@ -426,6 +533,11 @@ def build_parser():
                           help="matrix shape for CSV triplets (default: largest index + 1)")
     complete.add_argument("--save-model", metavar="PATH", default=None,
                           help="also save the fitted model (DeepMatrixCompleter.save)")
+    complete.add_argument("--distributed", action="store_true",
+                          help="fit on several processes started by torchrun "
+                               "(torchrun --nproc_per_node=N -m dmc complete ... --distributed): "
+                               "each reads its share of a .mtx or CSV triplet file, rank 0 "
+                               "writes the output (gloo on CPUs, NCCL on GPUs)")
     complete.add_argument("-v", "--verbose", action="count", default=0,
                           help="report training progress on stderr (repeat for more detail)")
     _add_model_arguments(complete)
@@ -457,6 +569,12 @@ def _run(args):
         return _fail(exc, 2, args)
     except DivergenceError as exc:
         return _fail(exc, 1, args)
+    except RuntimeError as exc:
+        from .distributed import DistributedError
+
+        if isinstance(exc, DistributedError):  # another process failed
+            return _fail(exc, 1, args)
+        raise
     except ImportError as exc:
         return _fail(exc, 1, args)
     except BrokenPipeError:

@@ -15,7 +15,7 @@ from .backend import (compute_threads, dtype_name, make_pattern, observed_triple
                       resolve_backend, to_namespace, to_numpy)
 from .datasets import _rng
 from .exceptions import not_fitted
-from .metrics import recovery_error, rmse
+from .metrics import check_factor_pair, factor_recovery_error, recovery_error, rmse
 from .observations import Observations
 from .refresh import SubspaceRefresh
 from .solver import ConvergenceWarning, gradient_descent
@@ -130,6 +130,17 @@ def _rescaled(factors, scale):
     return factors
 
 
+def _factor_truth_metric(pair, scale, backend, dtype):
+    """The recovery error against ``M* = A @ B.T`` (on the fit's scale), from factors only."""
+    root = math.sqrt(scale)  # (A / root)(B / root)^T = M* / scale
+    A, B = (to_namespace(factor, backend, dtype) / root for factor in pair)
+
+    def metric(f):
+        product = models.inner_product(f.inner)
+        return factor_recovery_error(f.left if product is None else f.left @ product, f.right, A, B)
+    return metric
+
+
 class DeepMatrixCompleter(BaseCompleter):
     """Matrix completion by a deep factorization trained with gradient descent.
 
@@ -188,8 +199,8 @@ class DeepMatrixCompleter(BaseCompleter):
         direction; on matrices whose small singular directions the initial
         gradient misses, this replaces a plateau per direction.  ``"auto"``:
         every 300 steps with ``step_rule="preconditioned"``, never otherwise
-        (with the adaptive rule it was measured not to help).  ``None``:
-        never.
+        (with the adaptive rule it was measured not to help) and never in
+        distributed fits (not implemented there yet).  ``None``: never.
     width : int, optional
         Width of the ``"original"`` model; default ``max(m, n)``.
     normalize : bool, default=True
@@ -265,6 +276,16 @@ class DeepMatrixCompleter(BaseCompleter):
         learned (on MovieLens 100K at rank 10, for about 400 steps before
         falling well below its earlier minimum), so the default waits 500
         steps at ``record_every=10``.
+    distributed : bool, default=False
+        Fit inside an initialized ``torch.distributed`` process group (e.g.
+        under ``torchrun``), with ``backend="torch"`` and
+        ``method="compressed"``: every process passes to ``fit`` a matrix of
+        the global shape holding only its own observed entries (any
+        partition), and every process ends with the same full model, equal
+        to the single-process fit on all the entries up to rounding.
+        ``device=None`` follows the local rank on CUDA (NCCL) and is the CPU
+        with gloo.  See :mod:`dmc.distributed` and the "Distributed fits"
+        page of the documentation.
 
     Notes
     -----
@@ -301,6 +322,10 @@ class DeepMatrixCompleter(BaseCompleter):
         Whether ``tol`` was met.
     stop_reason_ : {"tol", "early_stopping", "callback", "max_iter", "interrupted"}
         Why the fit ended.
+    row_offsets_ : ndarray of shape (P + 1,)
+        Distributed fits only: process ``r`` owned rows
+        ``row_offsets_[r]:row_offsets_[r + 1]`` of ``left_factor_`` while
+        training (blocks balanced by observed entries).
 
     Examples
     --------
@@ -318,7 +343,8 @@ class DeepMatrixCompleter(BaseCompleter):
                  lr="auto", gamma=0.05, step_rule="auto", refresh_every="auto", width=None, normalize=True, max_iter=20000,
                  tol=1e-7, record_every=10, callbacks=None, verbose=0,
                  backend="auto", device=None, dtype=None, random_state=None,
-                 early_stopping=False, validation_fraction=0.1, n_iter_no_change=50):
+                 early_stopping=False, validation_fraction=0.1, n_iter_no_change=50,
+                 distributed=False):
         self.rank = rank
         self.depth = depth
         self.method = method
@@ -341,6 +367,7 @@ class DeepMatrixCompleter(BaseCompleter):
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
+        self.distributed = distributed
 
     # -- validation ----------------------------------------------------------
     def _check_params(self, shape):
@@ -439,14 +466,32 @@ class DeepMatrixCompleter(BaseCompleter):
             observed ones.
         mask : array-like of bool, shape (m, n), optional
             True = observed.
-        ground_truth : array-like of shape (m, n), optional
-            The full matrix; when given, ``history_["recovery_error"]`` is
-            recorded (this forms the dense product at each record).
+        ground_truth : array-like of shape (m, n) or tuple (A, B), optional
+            The full matrix, or a factor pair with ``M* = A @ B.T`` (``A``
+            m x r, ``B`` n x r, arrays of any backend); when given,
+            ``history_["recovery_error"]`` is recorded.  A dense truth forms
+            the dense product at each record; a factor pair costs
+            O((m + n)(k + r)^2) per record and forms nothing of size m x n
+            (:func:`dmc.metrics.factor_recovery_error`).
 
         Returns
         -------
         self
         """
+        if not isinstance(self.distributed, (bool, np.bool_)):
+            raise TypeError(f"distributed must be True or False; got {self.distributed!r}.")
+        if self.distributed:  # the process-group logic lives in dmc.distributed
+            from .distributed import fit_distributed
+
+            if self.early_stopping or self.refresh_every not in ("auto", None):
+                raise ValueError(
+                    "distributed=True does not support early_stopping=True or an explicit "
+                    "refresh_every yet (the validation split and the subspace refresh are "
+                    "single-process); leave them at their defaults.")
+
+            for name, value in fit_distributed(self, M, mask, ground_truth=ground_truth).items():
+                setattr(self, name, value)
+            return self
         start = time.perf_counter()
         backend = resolve_backend(M, self.backend, self.device)
         obs, input_dtype = observed_triplets(M, mask)
@@ -454,7 +499,9 @@ class DeepMatrixCompleter(BaseCompleter):
         if not np.any(obs.values):
             raise ValueError("all observed values are zero: there is no signal to complete "
                              "(the zero matrix fits them exactly).")
-        if ground_truth is not None:
+        if isinstance(ground_truth, tuple):
+            check_factor_pair(ground_truth, obs.shape)
+        elif ground_truth is not None:
             if tuple(ground_truth.shape if hasattr(ground_truth, "shape")
                      else np.shape(ground_truth)) != obs.shape:
                 raise ValueError(
@@ -527,7 +574,9 @@ class DeepMatrixCompleter(BaseCompleter):
             random_state=rng)
 
         metrics = {}
-        if ground_truth is not None:
+        if isinstance(ground_truth, tuple):
+            metrics["recovery_error"] = _factor_truth_metric(ground_truth, scale, backend, dtype)
+        elif ground_truth is not None:
             truth = to_namespace(ground_truth, backend, dtype) / scale
             if not bool(backend.xp.all(backend.xp.isfinite(truth))):
                 raise ValueError("ground_truth must be finite everywhere (it is the full matrix).")
@@ -587,7 +636,7 @@ class DeepMatrixCompleter(BaseCompleter):
 
     def _refresh_every(self, rule):
         """Steps between subspace refreshes in this fit, or None."""
-        if self.method != "compressed":
+        if self.method != "compressed" or self.distributed:  # not distributed yet
             return None
         if self.refresh_every == "auto":
             inner = rule.rule if isinstance(rule, steps.Momentum) else rule

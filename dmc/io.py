@@ -20,8 +20,8 @@ import sys
 import warnings
 from pathlib import Path
 
-__all__ = ["INPUT_FORMATS", "OUTPUT_SUFFIXES", "read_matrix", "read_pairs", "write_matrix",
-           "write_pairs"]
+__all__ = ["INPUT_FORMATS", "OUTPUT_SUFFIXES", "read_matrix", "read_pairs", "read_share",
+           "write_matrix", "write_pairs"]
 
 INPUT_FORMATS = ".npy, .npz, .mtx (or .mtx.gz), or CSV triplets .csv/.tsv/.txt"
 TEXT_SUFFIXES = (".csv", ".tsv", ".txt")
@@ -327,6 +327,177 @@ def read_pairs(path, *, one_based=False, shape=None):
         raise ValueError(f"{path}: unknown pairs format {suffix or '(no extension)'!r}; "
                          "use .csv (row,col lines) or .npy (k x 2 integers)")
     return _index_columns(table, where, one_based=one_based, shape=shape)
+
+
+# -- dmc complete --distributed: each process reads its share ------------------------
+def _matrix_market_header(path):
+    """``(shape, declared_entries, data_start)`` of a coordinate real/integer general .mtx file."""
+    with open(path, "rb") as handle:
+        banner = handle.readline().decode("utf-8", "replace").split()
+        if (len(banner) != 5 or banner[0].lower() != "%%matrixmarket"
+                or banner[1].lower() != "matrix"):
+            raise ValueError(f"{path}: not a readable Matrix Market file (no %%MatrixMarket "
+                             "matrix banner)")
+        layout, field, symmetry = (word.lower() for word in banner[2:])
+        if layout != "coordinate" or field not in ("real", "integer", "double") \
+                or symmetry != "general":
+            raise ValueError(f"{path}: --distributed reads 'coordinate real general' Matrix Market "
+                             f"files (each process its share of the lines); this one is "
+                             f"'{layout} {field} {symmetry}': run without --distributed")
+        while True:
+            line = handle.readline()
+            if not line:
+                raise ValueError(f"{path}: not a readable Matrix Market file (no size line)")
+            text = line.decode("utf-8", "replace").strip()
+            if text and not text.startswith("%"):
+                break
+        parts = text.split()
+        try:
+            rows, cols, entries = (int(p) for p in parts)
+        except ValueError:
+            raise ValueError(f"{path}: the size line must be 'rows columns entries'; got "
+                             f"{text[:60]!r}") from None
+        if min(rows, cols) < 1 or entries < 0:
+            raise ValueError(f"{path}: the size line declares a {rows} x {cols} matrix with "
+                             f"{entries} entries")
+        return (rows, cols), entries, handle.tell()
+
+
+def _text_data_start(path):
+    """Byte offset after the header line of a triplet file (0 without a header).
+
+    The header is the first line that is neither blank nor a ``#`` comment,
+    when its fields are not all numbers.
+    """
+    with open(path, "rb") as handle:
+        for line in handle:
+            text = line.decode("utf-8-sig", "replace").strip()
+            if not text or text.startswith("#"):
+                continue
+            delimiter = "," if "," in text else ("\t" if "\t" in text else None)
+            fields = text.split(delimiter) if delimiter else text.split()
+            return handle.tell() if not all(_is_number(f.strip()) for f in fields) else 0
+    return 0
+
+
+def _byte_share(path, start, rank, size):
+    """``(offset, text)``: the lines of ``path`` that begin in this process's byte range.
+
+    The bytes after ``start`` are cut into ``size`` equal ranges; a line
+    belongs to the range it begins in, so every line is read by exactly one
+    process and each reads about ``1 / size`` of the file.
+    """
+    total = Path(path).stat().st_size
+    span = max(total - start, 0)
+    lo, hi = start + span * rank // size, start + span * (rank + 1) // size
+    with open(path, "rb") as handle:
+        handle.seek(max(lo - 1, start))
+        if lo > start and handle.read(1) != b"\n":
+            handle.readline()  # the rest of a line that began in the previous range
+        begin = handle.tell()
+        if begin >= hi:
+            return begin, ""
+        data = handle.read(hi - begin)
+        if data and not data.endswith(b"\n"):
+            data += handle.readline()
+    try:
+        return begin, data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a text file ({exc.reason})") from None
+
+
+def _parse_share(path, offset, text, *, skip_header):
+    """Numeric ``(k, 3)`` table of a share's lines (blank and comment lines skipped)."""
+    import numpy as np
+
+    lines = [line for line in text.splitlines()
+             if line.strip() and not line.lstrip().startswith(("#", "%"))]
+    if skip_header and lines:
+        first = lines[0]
+        delimiter = "," if "," in first else ("\t" if "\t" in first else None)
+        fields = first.split(delimiter) if delimiter else first.split()
+        if not all(_is_number(f.strip()) for f in fields):
+            lines = lines[1:]
+    if not lines:
+        return np.zeros((0, 3))
+    delimiter = "," if "," in lines[0] else ("\t" if "\t" in lines[0] else None)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            table = np.loadtxt(lines, delimiter=delimiter, ndmin=2, dtype=np.float64)
+        if table.shape[1] == 3:
+            return table
+    except (ValueError, UserWarning):
+        pass
+    for line in lines:  # find the bad line for the message
+        parts = [f.strip() for f in (line.split(delimiter) if delimiter else line.split())]
+        if len(parts) != 3 or not all(_is_number(p) for p in parts):
+            raise ValueError(f"{path}: line {line[:60]!r} (in the share starting at byte {offset}) "
+                             "is not row,col,value")
+    raise ValueError(f"{path}: cannot read the lines from byte {offset} as row,col,value")
+
+
+def read_share(path, rank, size, *, one_based=False, shape=None):
+    """This process's share of a Matrix Market or CSV triplet file, for ``--distributed``.
+
+    Only the lines that begin in the process's ``1 / size`` of the file's
+    bytes are read, so the processes together read the file once.  Matrix
+    Market files must be uncompressed ``coordinate real general`` (1-based);
+    CSV/TSV triplets follow :func:`read_matrix` (header line optional,
+    ``#`` comments, 0-based unless ``one_based``).
+
+    Returns
+    -------
+    rows, cols : ndarray of int64
+        0-based global indices of this share's entries.
+    values : ndarray of float64
+    shape : tuple of int or None
+        The declared shape (Matrix Market, or ``shape`` for CSV); None when
+        the caller must infer it (the largest index over all shares, plus 1).
+    declared : int or None
+        The number of entries a Matrix Market header declares (over all shares).
+    """
+    import numpy as np
+
+    if not Path(path).exists():
+        raise FileNotFoundError(f"input file {path} does not exist")
+    suffix = _suffix(path)
+    name = str(path).lower()
+    if suffix == ".mtx" and not name.endswith(".mtx"):
+        raise ValueError(f"{path}: --distributed reads uncompressed files (each process seeks to "
+                         "its share); decompress it first")
+    if suffix == ".mtx":
+        if shape is not None:
+            raise ValueError(f"a shape (--shape) applies to CSV triplet input only; {path} carries "
+                             "its own shape")
+        shape, declared, start = _matrix_market_header(path)
+        offset, text = _byte_share(path, start, rank, size)
+        table = _parse_share(path, offset, text, skip_header=False)
+        one_based = True
+    elif suffix in TEXT_SUFFIXES:
+        declared = None
+        offset, text = _byte_share(path, _text_data_start(path), rank, size)
+        table = _parse_share(path, offset, text, skip_header=False)
+    else:
+        raise ValueError(f"{path}: --distributed reads Matrix Market (.mtx) or CSV triplet "
+                         f"(.csv/.tsv/.txt) files; got {suffix or '(no extension)'!r}")
+    where = [f"{path} (share from byte {offset}) entry {i + 1}" for i in range(len(table))] \
+        if len(table) < 1000 else _ShareWhere(path, offset)
+    rows, cols = _index_columns(table, where, one_based=one_based,
+                                shape=tuple(shape) if shape is not None else None)
+    values = table[:, 2]
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{path}: observed values must be finite; the share from byte {offset} "
+                         "holds NaN or infinite values")
+    return rows, cols, values, (tuple(shape) if shape is not None else None), declared
+
+
+class _ShareWhere:
+    def __init__(self, path, offset):
+        self.path, self.offset = path, offset
+
+    def __getitem__(self, i):
+        return f"{self.path} (share from byte {self.offset}) entry {i + 1}"
 
 
 # -- dmc complete: writing -----------------------------------------------------------

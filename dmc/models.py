@@ -135,13 +135,19 @@ def predict_entries(factors: DeepFactors, rows, cols, xp=np):
     return xp.sum(xp.take(A, rows, axis=0) * xp.take(factors.right, cols, axis=0), axis=1)
 
 
-def assemble_gradients(factors, product, residual_times_right, grad_right):
-    """Gradients of all factors from ``R @ right`` and ``R.T @ A``."""
+def assemble_gradients(factors, product, residual_times_right, grad_right, core=None):
+    """Gradients of all factors from ``R @ right`` and ``R.T @ A``.
+
+    ``core`` is ``left.T @ R @ right`` (k x k), computed here unless given: a
+    distributed fit, whose processes hold row blocks of ``left``, passes the
+    sum of their partial products.
+    """
     inner = factors.inner
     if product is None:
         return DeepFactors(residual_times_right, [], grad_right)
     grad_left = residual_times_right @ product.T
-    core = factors.left.T @ residual_times_right  # left^T R right, k x k
+    if core is None:
+        core = factors.left.T @ residual_times_right  # left^T R right, k x k
     # suffix[l] = inner[p-1] @ ... @ inner[l+1]; prefix[l] = inner[l-1] @ ... @ inner[0]
     p = len(inner)
     prefix = [None] * p

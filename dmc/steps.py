@@ -49,7 +49,7 @@ from array_api_compat import device
 from ._base import is_real
 from .models import inner_product
 
-__all__ = ["StepContext", "ConstantStep", "RelativeStep", "PreconditionedStep", "Momentum",
+__all__ = ["StepContext", "sum_over_rows", "ConstantStep", "RelativeStep", "PreconditionedStep", "Momentum",
            "make_step_rule", "STEP_RULES"]
 
 
@@ -72,6 +72,13 @@ class StepContext:
         ``|Omega| / (m n)``.
     xp : module
         The array namespace of the factors.
+    row_sum : callable or None
+        In a distributed fit (:mod:`dmc.distributed`) each process holds a
+        block of the rows of ``left``: ``row_sum`` sums a small array over
+        the processes (all-reduce), and a rule must pass every quantity it
+        sums over the rows of ``left`` (a Gram matrix ``left.T @ left``, a
+        norm of ``left`` or its gradient) through :func:`sum_over_rows`.
+        None for one process.
     """
 
     lr: float
@@ -79,6 +86,13 @@ class StepContext:
     target_scale: float
     observed_fraction: float
     xp: object = np
+    row_sum: object = None
+
+
+def sum_over_rows(context, partial):
+    """``partial`` summed over the processes holding rows of ``left`` (itself for one process)."""
+    row_sum = getattr(context, "row_sum", None)
+    return partial if row_sum is None else row_sum(partial)
 
 
 def _norm(x, xp):
@@ -316,7 +330,7 @@ class PreconditionedStep:
         context, xp = state["context"], state["context"].xp
         dampings, eye = state["dampings"], state["eye"]
         inner, depth = factors.inner, len(factors.inner)
-        left_gram = factors.left.T @ factors.left
+        left_gram = sum_over_rows(context, factors.left.T @ factors.left)
         right_gram = factors.right.T @ factors.right
 
         # right_grams[l]: Gram S_l S_l^T of S_l = W_{l-1} .. W_1 right^T
