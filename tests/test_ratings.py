@@ -335,7 +335,8 @@ def test_documented_defaults():
         rank=32, depth=3, init_scale=0.1, lr="auto", lr_multiplier=0.1, gamma=30.0, biases=True,
         bias_penalty=5.0, bias_lr=0.5, bias_warmup=20, weight_decay=0.0, validation_fraction=0.1,
         n_iter_no_change=20, refit=True, clip=True, rating_range=None, max_iter=3000,
-        record_every=10, callbacks=None, verbose=0, random_state=None)
+        record_every=10, callbacks=None, verbose=0, random_state=None, implicit_feedback=True,
+        warm_start=False)
 
 
 def test_learning_rate_hand_computed():

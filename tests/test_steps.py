@@ -366,11 +366,13 @@ def test_preconditioned_parameter_ranges(name, value):
 
 def test_preconditioned_defaults_and_init_hand_computed():
     rule = steps.PreconditionedStep()
-    assert (rule.damping, rule.newton, rule.outer, rule.tau) == (1e-2, 0.5, 0.3, 0.2)
+    assert (rule.damping, rule.newton, rule.outer, rule.tau, rule.outer_damping) == (
+        1e-2, 0.5, 0.3, 0.2, 1e-3)
     edge = steps.PreconditionedStep(damping=1e9, newton=1.999, outer=1.999, tau=0.999)
     assert edge.newton == 1.999
     factors = _diagonal_factors([[1.0, 1.0, 1.0]] * 2)
-    state = steps.PreconditionedStep(damping=0.5, newton=0.8).init(factors, _context(target_scale=9.0))
+    state = steps.PreconditionedStep(damping=0.5, newton=0.8, outer_damping=0.5).init(
+        factors, _context(target_scale=9.0))
     # lambda_d = 0.5 * 9^(2 d / 2) = 0.5 * 9^d for d = 0, 1, 2; eta_max = 0.8 / (2 * 0.5)
     np.testing.assert_allclose(state["dampings"], [0.5, 4.5, 40.5], rtol=1e-15)
     assert state["eta_max"] == pytest.approx(0.8) and state["eta"] == state["eta_max"]
