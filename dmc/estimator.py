@@ -592,19 +592,18 @@ class DeepMatrixCompleter(BaseCompleter):
             stopper = EarlyStopping("validation_rmse", self.n_iter_no_change)
             callbacks.insert(0, _after_plateau(stopper))
 
-        observed_norm = float(np.linalg.norm(obs.values))
         with compute_threads(backend), warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)  # re-issued below, with advice
             result = gradient_descent(
                 factors, loss_and_gradients, rule, context=context, max_iter=self.max_iter,
-                tol=self.tol, observed_norm=observed_norm,
+                tol=self.tol, observed_norm=float(np.linalg.norm(obs.values)),
                 record_every=self.record_every, metrics=metrics,
                 callbacks=callbacks, loss_unit=scale * scale,  # inf (not OverflowError) past 1e154
                 start_time=start, verbose=int(self.verbose), refresh=refresh,
             )
         if result.stop_reason == "max_iter":
-            residual = math.sqrt(2.0 * float(loss_and_gradients(result.factors)[0])) / observed_norm
-            warnings.warn(_max_iter_message(self.max_iter, self.tol, residual, self.early_stopping,
+            warnings.warn(_max_iter_message(self.max_iter, self.tol, result.residual,
+                                            self.early_stopping,
                                             result.history["train_loss"]),
                           ConvergenceWarning, stacklevel=2)
         self.best_iter_ = result.n_iter

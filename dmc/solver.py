@@ -84,12 +84,17 @@ class SolverResult:
         Gradient steps taken.
     stop_reason : {"tol", "callback", "max_iter", "interrupted"}
         Why the loop ended.
+    residual : float
+        Relative residual ``||P_Omega(X - M)|| / ||P_Omega(M)||`` at the last
+        record (from the loss in the fitted units, so it stays finite where
+        ``train_loss`` in the data's units overflows).
     """
 
     factors: object
     history: dict
     n_iter: int
     stop_reason: str
+    residual: float = math.nan
     extra: dict = field(default_factory=dict)
 
     @property
@@ -270,6 +275,7 @@ def gradient_descent(
     metrics = dict(metrics or {})
     records = {key: [] for key in ("iteration", "time", "train_loss", "step_size", *metrics)}
     first_loss = None
+    residual = math.nan
     evaluation_seconds = 0.0
     reason = None
     arrays = factors.arrays()
@@ -306,6 +312,7 @@ def gradient_descent(
                 evaluation_seconds += time.perf_counter() - evaluation_start
                 for key, value in record.items():
                     records[key].append(value)
+                residual = math.sqrt(2.0 * loss_value) / observed_norm
                 if math.sqrt(2.0 * loss_value) <= tol * observed_norm:
                     reason = "tol"
                 elif interrupt["set"]:
@@ -326,8 +333,7 @@ def gradient_descent(
     if reason == "max_iter":
         warnings.warn(
             f"gradient descent stopped at max_iter={max_iter} before the relative "
-            f"residual on the observed entries reached tol={tol:g} (it is "
-            f"{math.sqrt(2.0 * history['train_loss'][-1] / loss_unit) / observed_norm:.3g}); "
+            f"residual on the observed entries reached tol={tol:g} (it is {residual:.3g}); "
             "raise max_iter or tol, or check lr.",
             ConvergenceWarning,
             stacklevel=3,
@@ -339,4 +345,4 @@ def gradient_descent(
             FitInterruptedWarning,
             stacklevel=3,
         )
-    return SolverResult(factors, history, iteration, reason)
+    return SolverResult(factors, history, iteration, reason, residual)
