@@ -37,7 +37,7 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ml-100k"
 SECTION = "movielens"
 
 
-def _limit_threads(n):
+def limit_threads(n):
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ[var] = str(n)
 
@@ -306,7 +306,7 @@ def main(argv=None):
         return results
     if not args.no_peers:
         _reexec_in_peers_venv(sys.argv[1:] if argv is None else list(argv))
-    _limit_threads(args.threads)
+    limit_threads(args.threads)
     sys.path.insert(0, str(ROOT))
     import json
 

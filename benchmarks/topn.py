@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import time
@@ -37,17 +36,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ml-100k"
+sys.path.insert(0, str(HERE))
+from movielens import DEFAULT_DATA, limit_threads, write_section  # noqa: E402
 SECTION = "topn"
 K = 10
 RELEVANT_RATING = 4
 PURESVD_FACTORS = (10, 20, 50, 100)
 EASE_LAMBDAS = (100.0, 250.0, 500.0, 1000.0)
-
-
-def _limit_threads(n):
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ[var] = str(n)
 
 
 def _parse(argv=None):
@@ -435,7 +430,7 @@ NOTES = [
 
 def main(argv=None):
     args = _parse(argv)
-    _limit_threads(args.threads)
+    limit_threads(args.threads)
     sys.path.insert(0, str(ROOT))
     if args.render_only:
         return render(args)
@@ -462,8 +457,6 @@ def main(argv=None):
 
 
 def render(args):
-    from movielens import write_section
-
     results = json.loads(Path(args.output).read_text())
     large_path = Path(args.output).with_name("topn_large.json")
     large = json.loads(large_path.read_text()) if large_path.exists() else None

@@ -11,8 +11,11 @@ from __future__ import annotations
 import inspect
 import numbers
 
-__all__ = ["BaseCompleter", "ParamsMixin", "check_callbacks", "check_verbose", "is_int", "is_real",
-           "solver_callbacks"]
+import numpy as np
+
+__all__ = ["BaseCompleter", "ParamsMixin", "check_bools", "check_callbacks", "check_integers",
+           "check_lr", "check_reals", "check_validation_fraction", "check_verbose", "is_int",
+           "is_real", "solver_callbacks"]
 
 
 def is_int(x) -> bool:
@@ -23,6 +26,44 @@ def is_int(x) -> bool:
 def is_real(x) -> bool:
     """A real number that is not a bool."""
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def check_integers(estimator, minimums) -> None:
+    """Each parameter ``name`` of ``minimums`` (name -> least) an integer >= its least."""
+    for name, least in minimums.items():
+        value = getattr(estimator, name)
+        if not is_int(value) or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}; got {value!r}.")
+
+
+def check_reals(estimator, names, *, positive) -> None:
+    """Each parameter in ``names`` a finite real number, > 0 (``positive``) or >= 0."""
+    for name in names:
+        value = getattr(estimator, name)
+        in_range = is_real(value) and (value > 0 if positive else value >= 0)
+        if not in_range or not np.isfinite(value):
+            raise ValueError(f"{name} must be a positive finite number; got {value!r}." if positive
+                             else f"{name} must be a finite number >= 0; got {value!r}.")
+
+
+def check_bools(estimator, names) -> None:
+    """Each parameter in ``names`` True or False (a NumPy bool too)."""
+    for name in names:
+        if not isinstance(getattr(estimator, name), (bool, np.bool_)):
+            raise TypeError(f"{name} must be True or False; got {getattr(estimator, name)!r}.")
+
+
+def check_lr(lr) -> None:
+    """``lr`` is ``"auto"`` or a positive number."""
+    if isinstance(lr, str) and lr != "auto" or (
+            not isinstance(lr, str) and (not is_real(lr) or not lr > 0)):
+        raise ValueError(f'lr must be "auto" or a positive number; got {lr!r}.')
+
+
+def check_validation_fraction(fraction) -> None:
+    """A held-out share in [0, 1) (0: no validation split)."""
+    if not is_real(fraction) or not 0 <= fraction < 1:
+        raise ValueError(f"validation_fraction must be in [0, 1); got {fraction!r}.")
 
 
 def check_callbacks(callbacks) -> list:

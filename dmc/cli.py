@@ -274,8 +274,6 @@ def _check_output(path, what="output"):
 
 
 def _complete(args):
-    import numpy as np
-
     if args.distributed:
         return _complete_distributed(args)
     _check_output(args.output)
@@ -301,23 +299,31 @@ def _complete(args):
         model.fit(M, mask)
     elapsed = time.perf_counter() - start
     _check_interrupted(model)  # a partial result is not written
+    _write_result(args, model, pairs, n_observed, elapsed)
+    return 0
+
+
+def _write_result(args, model, pairs, n_observed, elapsed, processes=""):
+    """Write the predictions at ``pairs`` (or the completed matrix) and the saved
+    model, then report on stderr; ``processes`` names the process count."""
+    import numpy as np
+
+    m, n = model.shape_
     status = "converged" if model.converged_ else "stopped at --max-iter"
     if pairs is not None:
-        rows, cols = pairs
-        values = np.asarray(model.predict(rows, cols, as_numpy=True))
-        write_pairs(args.output, rows, cols, values, one_based=args.one_based)
+        values = np.asarray(model.predict(*pairs, as_numpy=True))
+        write_pairs(args.output, *pairs, values, one_based=args.one_based)
         wrote = f"{len(values)} predictions"
     else:
         write_matrix(args.output, np.asarray(model.transform(as_numpy=True)))
-        wrote = f"the completed {shape[0]} x {shape[1]} matrix"
+        wrote = f"the completed {m} x {n} matrix"
     if args.save_model is not None:
         model.save(args.save_model)
     where = "stdout" if str(args.output) == "-" else args.output
-    print(f"dmc: {shape[0]} x {shape[1]} matrix, {n_observed} observed entries: {model.n_iter_} "
+    print(f"dmc: {m} x {n} matrix, {n_observed} observed entries{processes}: {model.n_iter_} "
           f"steps in {elapsed:.2f} s ({status}); wrote {wrote} to {where}"
           + (f"; model saved to {args.save_model}" if args.save_model is not None else ""),
           file=sys.stderr, flush=True)
-    return 0
 
 
 def _start_process_group(args):
@@ -402,21 +408,7 @@ def _complete_distributed(args):
         elapsed = time.perf_counter() - start
         if rank != 0:
             return 0
-        status = "converged" if model.converged_ else "stopped at --max-iter"
-        if pairs is not None:
-            values = np.asarray(model.predict(*pairs, as_numpy=True))
-            write_pairs(args.output, *pairs, values, one_based=args.one_based)
-            wrote = f"{len(values)} predictions"
-        else:
-            write_matrix(args.output, np.asarray(model.transform(as_numpy=True)))
-            wrote = f"the completed {shape[0]} x {shape[1]} matrix"
-        if args.save_model is not None:
-            model.save(args.save_model)
-        where = "stdout" if str(args.output) == "-" else args.output
-        print(f"dmc: {shape[0]} x {shape[1]} matrix, {n_observed} observed entries, {size} "
-              f"processes: {model.n_iter_} steps in {elapsed:.2f} s ({status}); wrote {wrote} to "
-              f"{where}" + (f"; model saved to {args.save_model}" if args.save_model else ""),
-              file=sys.stderr, flush=True)
+        _write_result(args, model, pairs, n_observed, elapsed, processes=f", {size} processes")
         return 0
     finally:
         if created:

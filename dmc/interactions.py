@@ -32,7 +32,8 @@ import warnings
 import numpy as np
 
 from . import models, steps, subspace
-from ._base import BaseCompleter, check_callbacks, check_verbose, is_int, is_real, solver_callbacks
+from ._base import (BaseCompleter, check_bools, check_callbacks, check_integers, check_lr, check_reals,
+                    check_validation_fraction, check_verbose, is_int, solver_callbacks)
 from ._early_stopping import EarlyStopping, validation_split
 from ._recommend import as_ids, encode_ids, lookup, recommend_top_k, sorted_pairs
 from .backend import compute_threads, dtype_name, make_pattern, resolve_backend, to_namespace, to_numpy
@@ -175,27 +176,13 @@ class InteractionsCompleter(BaseCompleter):
 
     # -- checks --------------------------------------------------------------
     def _check_params(self):
-        for name, least in (("rank", 1), ("depth", 2), ("max_iter", 1), ("record_every", 1),
-                            ("n_iter_no_change", 1), ("validation_k", 1)):
-            value = getattr(self, name)
-            if not is_int(value) or value < least:
-                raise ValueError(f"{name} must be an integer >= {least}; got {value!r}.")
-        for name in ("init_scale", "lr_multiplier"):
-            value = getattr(self, name)
-            if not is_real(value) or not value > 0 or not np.isfinite(value):
-                raise ValueError(f"{name} must be a positive finite number; got {value!r}.")
-        for name in ("gamma", "alpha", "popularity_exponent"):
-            value = getattr(self, name)
-            if not is_real(value) or not value >= 0 or not np.isfinite(value):
-                raise ValueError(f"{name} must be a finite number >= 0; got {value!r}.")
-        if isinstance(self.lr, str) and self.lr != "auto" or (
-                not isinstance(self.lr, str) and (not is_real(self.lr) or not self.lr > 0)):
-            raise ValueError(f'lr must be "auto" or a positive number; got {self.lr!r}.')
-        if not is_real(self.validation_fraction) or not 0 <= self.validation_fraction < 1:
-            raise ValueError(
-                f"validation_fraction must be in [0, 1); got {self.validation_fraction!r}.")
-        if not isinstance(self.refit, (bool, np.bool_)):
-            raise TypeError(f"refit must be True or False; got {self.refit!r}.")
+        check_integers(self, {"rank": 1, "depth": 2, "max_iter": 1, "record_every": 1,
+                              "n_iter_no_change": 1, "validation_k": 1})
+        check_reals(self, ("init_scale", "lr_multiplier"), positive=True)
+        check_reals(self, ("gamma", "alpha", "popularity_exponent"), positive=False)
+        check_lr(self.lr)
+        check_validation_fraction(self.validation_fraction)
+        check_bools(self, ("refit",))
         if self.backend not in ("numpy", "torch", "cupy"):
             raise ValueError(f'backend must be "numpy", "torch" or "cupy"; got {self.backend!r}.')
         if dtype_name(self.dtype) not in ("float32", "float64"):

@@ -42,7 +42,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import models, subspace
-from ._base import BaseCompleter, check_callbacks, check_verbose, is_int, is_real, solver_callbacks
+from ._base import (BaseCompleter, check_bools, check_callbacks, check_integers, check_lr, check_reals,
+                    check_validation_fraction, check_verbose, is_int, is_real, solver_callbacks)
 from ._early_stopping import EarlyStopping, validation_split
 from ._recommend import as_ids as _as_1d
 from ._recommend import encode_ids, lookup, recommend_top_k
@@ -397,32 +398,15 @@ class RatingsCompleter(BaseCompleter):
 
     # -- validation ----------------------------------------------------------
     def _check_params(self):
-        for name in ("rank", "depth", "max_iter", "record_every", "n_iter_no_change"):
-            value = getattr(self, name)
-            least = 2 if name == "depth" else 1
-            if not is_int(value) or value < least:
-                raise ValueError(f"{name} must be an integer >= {least}; got {value!r}.")
-        if not is_int(self.bias_warmup) or self.bias_warmup < 0:
-            raise ValueError(f"bias_warmup must be an integer >= 0; got {self.bias_warmup!r}.")
-        for name in ("init_scale", "lr_multiplier", "bias_lr"):
-            value = getattr(self, name)
-            if not is_real(value) or not value > 0 or not np.isfinite(value):
-                raise ValueError(f"{name} must be a positive finite number; got {value!r}.")
-        for name in ("gamma", "bias_penalty", "weight_decay"):
-            value = getattr(self, name)
-            if not is_real(value) or not value >= 0 or not np.isfinite(value):
-                raise ValueError(f"{name} must be a finite number >= 0; got {value!r}.")
-        if isinstance(self.lr, str) and self.lr != "auto" or (
-                not isinstance(self.lr, str) and (not is_real(self.lr) or not self.lr > 0)):
-            raise ValueError(f'lr must be "auto" or a positive number; got {self.lr!r}.')
-        if not is_real(self.validation_fraction) or not 0 <= self.validation_fraction < 1:
-            raise ValueError(
-                f"validation_fraction must be in [0, 1); got {self.validation_fraction!r}.")
+        check_integers(self, {"rank": 1, "depth": 2, "max_iter": 1, "record_every": 1,
+                              "n_iter_no_change": 1, "bias_warmup": 0})
+        check_reals(self, ("init_scale", "lr_multiplier", "bias_lr"), positive=True)
+        check_reals(self, ("gamma", "bias_penalty", "weight_decay"), positive=False)
+        check_lr(self.lr)
+        check_validation_fraction(self.validation_fraction)
         check_callbacks(self.callbacks)
         check_verbose(self.verbose)
-        for name in ("biases", "clip", "refit", "implicit_feedback", "warm_start"):
-            if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise TypeError(f"{name} must be True or False; got {getattr(self, name)!r}.")
+        check_bools(self, ("biases", "clip", "refit", "implicit_feedback", "warm_start"))
         if self.rating_range is not None:
             low, high = self._check_range(self.rating_range)
             if not low < high:

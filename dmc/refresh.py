@@ -157,7 +157,6 @@ class SubspaceRefresh:
         self.residual_products, self.xp = residual_products, xp
         self.every, self.dead = every, float(dead)
         self.rng = np.random.default_rng(random_state)
-        self.n_replaced = 0
 
     def __call__(self, factors):
         xp = self.xp
@@ -173,14 +172,14 @@ class SubspaceRefresh:
         u, _, v = residual_top_pairs(self.residual_products, A, right, n_dead, self.rng, xp)
         live_left = _orthonormalise(left[:, :alive], xp)
         live_right = _orthonormalise(right[:, :alive], xp)
-        column_norm = xp.mean(xp.linalg.vector_norm(left[:, :alive], axis=0))
+        # new columns as long as the live ones are on average
+        left_norm = xp.mean(xp.linalg.vector_norm(left[:, :alive], axis=0))
+        right_norm = xp.mean(xp.linalg.vector_norm(right[:, :alive], axis=0))
         # M - X ~ -R: -u v^T grows from a positive singular value
-        new_left = -_orthonormalise(u, xp, against=live_left) * column_norm
-        new_right = _orthonormalise(v, xp, against=live_right) * xp.mean(
-            xp.linalg.vector_norm(right[:, :alive], axis=0))
+        new_left = -_orthonormalise(u, xp, against=live_left) * left_norm
+        new_right = _orthonormalise(v, xp, against=live_right) * right_norm
         factors.left[...] = xp.concat([left[:, :alive], new_left], axis=1)
         factors.right[...] = xp.concat([right[:, :alive], new_right], axis=1)
         for old, new in zip(factors.inner, inner):
             old[...] = new
-        self.n_replaced += n_dead
         return n_dead

@@ -185,12 +185,18 @@ def test_score_is_weighted_r2_by_hand(fitted):
         model.score(X, y[:3])
 
 
-def test_recommend_by_hand(fitted):
-    model, (users, items, _) = fitted
+def _scores_and_rated_by_hand(model, users, items):
+    """Every user's predicted rating of every item, and which pairs were rated."""
     scores = (model.row_factors_ @ model.column_factors_.T + model.user_bias_[:, None]
               + model.item_bias_[None, :] + model.global_mean_)
     rated = np.zeros((12, 10), bool)
     rated[users, items] = True
+    return scores, rated
+
+
+def test_recommend_by_hand(fitted):
+    model, (users, items, _) = fitted
+    scores, rated = _scores_and_rated_by_hand(model, users, items)
     for user in (0, 7):
         free_scores = np.where(rated[user], -np.inf, scores[user])
         order = np.argsort(-free_scores, kind="stable")[:3]
@@ -306,10 +312,7 @@ def test_score_with_a_small_target_variance(fitted):
 
 def test_recommend_every_user_and_k_by_hand(fitted):
     model, (users, items, _) = fitted
-    scores = (model.row_factors_ @ model.column_factors_.T + model.user_bias_[:, None]
-              + model.item_bias_[None, :] + model.global_mean_)
-    rated = np.zeros((12, 10), bool)
-    rated[users, items] = True
+    scores, rated = _scores_and_rated_by_hand(model, users, items)
     free = np.where(rated, -np.inf, scores)
     for k in (1, 2, 5):
         got, got_scores = model.recommend(np.arange(12), k=k)
