@@ -571,7 +571,7 @@ class DeepMatrixCompleter(BaseCompleter):
         every = self._refresh_every(rule)
         refresh = None if every is None else SubspaceRefresh(
             lambda A, B: pattern.residual_products(A, B, values), backend.xp, every=every,
-            random_state=rng)
+            observed_fraction=p, random_state=rng)
 
         metrics = {}
         if isinstance(ground_truth, tuple):

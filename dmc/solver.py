@@ -41,6 +41,7 @@ line at most every 5 seconds.  ``verbose=2`` prints every record.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import signal
 import threading
@@ -284,7 +285,12 @@ def gradient_descent(
     with _deferred_interrupt() as interrupt, _progress(verbose, max_iter) as progress:
         while True:
             if refresh is not None and iteration and iteration % refresh.every == 0:
-                if refresh(factors):
+                replaced = refresh(factors)
+                resolved = getattr(refresh, "resolved_scale", None)
+                if context is not None and resolved != context.resolved_scale:
+                    context = dataclasses.replace(context, resolved_scale=resolved)
+                    replaced = True
+                if replaced:
                     rule_state = step_rule.init(factors, context)
             loss, grads = loss_and_gradients(factors)
             updates, rule_state = step_rule.update(factors, grads, rule_state)

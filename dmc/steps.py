@@ -79,6 +79,11 @@ class StepContext:
         sums over the rows of ``left`` (a Gram matrix ``left.T @ left``, a
         norm of ``left`` or its gradient) through :func:`sum_over_rows`.
         None for one process.
+    resolved_scale : float or None
+        The smallest singular value of the current fit that the data
+        resolve, from the last subspace refresh
+        (:attr:`dmc.refresh.SubspaceRefresh.resolved_scale`); None before
+        the first one.  :class:`PreconditionedStep` lowers its damping to it.
     """
 
     lr: float
@@ -87,6 +92,7 @@ class StepContext:
     observed_fraction: float
     xp: object = np
     row_sum: object = None
+    resolved_scale: float | None = None
 
 
 def sum_over_rows(context, partial):
@@ -256,9 +262,20 @@ class PreconditionedStep:
     directions that the initial subspace misses.
 
     The damping is absolute, a fraction ``damping`` of the squared size a
-    product of ``d`` balanced inner factors has at the target scale,
-    ``lambda = damping * target_scale ** (2 d / L)`` (the outer factors count
-    as size 1): relative damping would give tiny factors giant steps.
+    product of ``d`` balanced inner factors has at the damping scale,
+    ``lambda = damping * scale ** (2 d / L)`` (the outer factors count
+    as size 1): relative damping would give tiny factors giant steps.  The
+    damping scale starts at the target scale (the estimated top singular
+    value) and, after each subspace refresh, follows the smallest singular
+    value that the data resolve (``context.resolved_scale``, never below
+    ``scale_floor`` times the target scale).  With a damping fixed at the
+    top scale, a learned direction with ``sigma_1 / kappa`` moves at
+    ``kappa**-2 / damping`` of the Newton speed: that, not the plateaus, was
+    what made the step count grow with kappa (600 x 500, rank 4, 25%,
+    budget 8, steps to recovery error 1e-6 at kappa = 1 / 10 / 100 / 1000:
+    400 / 670 / 2,120 / not in 5,000 with the fixed damping and a refresh
+    every 300 steps; 400 / 670 / 1,380 / 2,000 with the following damping,
+    the same refreshes and margin 30).
 
     The step is ``eta_t = min(newton / (L p), tau * min_l ||W_l|| / ||D_l||)``
     on the inner factors (``p`` the observed fraction: ``1 / (L p)`` is the
@@ -282,15 +299,20 @@ class PreconditionedStep:
         The same for the outer factors ``U``, ``V``.  Their preconditioner is
         the Gram matrix of the whole product ``C V^T``, whose singular values
         are those of the fit itself: a direction with ``sigma_1 / kappa``
-        sits at ``kappa**-2`` of the top one there, so this damping bounds
-        the condition number at which ``U`` and ``V`` still turn quickly
-        towards a small direction (about ``1 / sqrt(outer_damping)``).
+        sits at ``kappa**-2`` of the top one there, so this damping (at the
+        damping scale) bounds the condition number at which ``U`` and ``V``
+        still turn quickly towards a small direction (about
+        ``1 / sqrt(outer_damping)`` below the damping scale).
+    scale_floor : float, default=1e-3
+        The damping scale never goes below ``scale_floor`` times the target
+        scale, however small the resolved directions are.
 
 
     Notes
     -----
     Defaults from ``benchmarks/conditioning.py``-style runs (600 x 500, rank
-    4, 25%, budget 8, refresh every 300 steps), steps to 1e-6 at kappa =
+    4, 25%, budget 8, fixed damping at the target scale, refresh every 300
+    steps), steps to 1e-6 at kappa =
     1 / 10 / 100 / 1000, for ``(damping, outer_damping)``: (1e-2, 1e-2):
     420 / 870 / 2,480 / not in 5,000; (1e-2, 1e-3): 410 / 690 / 2,120 / not
     in 5,000; (3e-3, 1e-4): 400 / 620 / 980 / not in 5,000; (1e-3, 1e-5):
@@ -301,10 +323,11 @@ class PreconditionedStep:
     3e-7 with the default).
     """
 
-    def __init__(self, damping=1e-2, newton=0.5, outer=0.3, tau=0.2, outer_damping=1e-3):
+    def __init__(self, damping=1e-2, newton=0.5, outer=0.3, tau=0.2, outer_damping=1e-3,
+                 scale_floor=1e-3):
         for name, value, low, high in (("damping", damping, 0, math.inf),
                                        ("newton", newton, 0, 2), ("outer", outer, 0, 2),
-                                       ("tau", tau, 0, 1)):
+                                       ("tau", tau, 0, 1), ("scale_floor", scale_floor, 0, 1)):
             if not is_real(value) or not low < value < high:
                 raise ValueError(f"{name} must be a number in ({low}, {high}); got {value!r}.")
         self.damping, self.newton, self.outer, self.tau = (float(damping), float(newton),
@@ -312,14 +335,24 @@ class PreconditionedStep:
         if not (is_real(outer_damping) and 0 < outer_damping < math.inf):
             raise ValueError(f"outer_damping must be a positive number; got {outer_damping!r}.")
         self.outer_damping = float(outer_damping)
+        self.scale_floor = float(scale_floor)
+
+    def damping_scale(self, context):
+        """The scale the dampings are taken at: the target scale, or the
+        smallest resolved singular value once a refresh has measured it."""
+        scale = context.target_scale
+        if context.resolved_scale is None:
+            return scale
+        return min(scale, max(context.resolved_scale, self.scale_floor * scale))
 
     def init(self, factors, context):
         depth = len(factors.inner)
         if depth == 0:
             raise ValueError("PreconditionedStep needs at least one inner factor.")
         # lambda for a product of d inner factors, d = 0 .. depth
-        dampings = [self.damping * context.target_scale ** (2.0 * d / depth)
-                    for d in range(depth)] + [self.outer_damping * context.target_scale ** 2]
+        scale = self.damping_scale(context)
+        dampings = [self.damping * scale ** (2.0 * d / depth)
+                    for d in range(depth)] + [self.outer_damping * scale ** 2]
         eta_max = self.newton / (depth * context.observed_fraction)
         k, first = factors.inner[0].shape[0], factors.inner[0]
         eye = context.xp.eye(k, dtype=first.dtype, device=device(first))

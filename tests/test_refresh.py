@@ -182,3 +182,111 @@ def test_subspace_refresh_parameter_checks():
         SubspaceRefresh(lambda a, b: None, np, every=0)
     with pytest.raises(ValueError, match="dead"):
         SubspaceRefresh(lambda a, b: None, np, dead=1.5)
+
+
+def _exact_factors_of(M_dense, n_carried, k, depth, rng):
+    """Factors whose product is the top ``n_carried`` singular terms of
+    ``M_dense`` exactly (the other ``k - n_carried`` columns random, with
+    singular value 1e-12 in the chain), as a fit that learned them would be.
+    ``U`` is 4 times longer and the chain 4 times smaller than the SVD's, so
+    the chain's singular values are not the fit's."""
+    u, s, vt = np.linalg.svd(M_dense)
+    m, n = M_dense.shape
+    left = np.concatenate([u[:, :n_carried], models.random_orthogonal(m, k - n_carried, rng)], axis=1)
+    right = np.concatenate([vt[:n_carried].T, models.random_orthogonal(n, k - n_carried, rng)], axis=1)
+    values = np.concatenate([s[:n_carried], np.full(k - n_carried, 1e-12)]) / 4
+    return models.DeepFactors(4 * left, [np.diag(values ** (1.0 / depth))] * depth, right), s
+
+
+def _planted(spectrum, shape=(50, 40), seed=0):
+    rng = np.random.default_rng(seed)
+    u = models.random_orthogonal(shape[0], len(spectrum), rng)
+    v = models.random_orthogonal(shape[1], len(spectrum), rng)
+    return (u * np.asarray(spectrum)) @ v.T, rng
+
+
+def test_refresh_keeps_a_small_direction_the_data_resolve():
+    # singular values 2, 1, 5e-4 (below dead = 1e-3 of the top) and 1e-7: the
+    # fit carries the first three exactly, so the residual is the 1e-7 term
+    # and the 5e-4 direction is resolved; re-aiming it would lose it
+    M, rng = _planted([2.0, 1.0, 5e-4, 1e-7])
+    mask = np.random.default_rng(1).random(M.shape) < 0.7
+    obs, _ = observed_triplets(M, mask)
+    pattern = make_pattern(obs, np.float64)
+    kernel = lambda a, b: pattern.residual_products(a, b, obs.values)  # noqa: E731
+    factors, s = _exact_factors_of(M, 3, 6, 3, rng)
+    refresh = SubspaceRefresh(kernel, np, observed_fraction=mask.mean(), random_state=0)
+    assert refresh(factors) == 3  # only the three never-grown columns
+    after = models.end_to_end(factors)
+    # the 5e-4 direction is still in the fit: the error is the 1e-7 term, not 5e-4
+    assert np.linalg.norm(after - M) < 1e-5
+    # resolved_scale: the smallest singular value of the live fit (numpy's SVD of
+    # the dense product of the kept columns as the reference)
+    np.testing.assert_allclose(refresh.resolved_scale, s[2], rtol=1e-8)
+
+    # the same fit with a margin that puts the residual's level above 5e-4:
+    # the small direction counts as unresolved, is re-aimed, and drops out
+    factors, _ = _exact_factors_of(M, 3, 6, 3, np.random.default_rng(2))
+    residual_top = np.linalg.svd(_dense_residual(obs, factors.left @ models.inner_product(factors.inner),
+                                                 factors.right), compute_uv=False)[0]
+    margin = 1e-2 * mask.mean() / residual_top  # level 1e-2: between 5e-4 and 1
+    refresh = SubspaceRefresh(kernel, np, observed_fraction=mask.mean(), margin=margin,
+                              random_state=0)
+    assert refresh(factors) == 4
+    assert np.linalg.norm(models.end_to_end(factors) - M) > 4e-4
+    np.testing.assert_allclose(refresh.resolved_scale, s[1], rtol=1e-8)
+
+
+def test_resolved_scale_is_none_when_nothing_stands_clear():
+    M, rng = _planted([1.0, 0.5, 1e-7])
+    mask = np.ones(M.shape, dtype=bool)
+    obs, _ = observed_triplets(M, mask)
+    pattern = make_pattern(obs, np.float64)
+    factors, _ = _exact_factors_of(M, 2, 5, 2, rng)
+    refresh = SubspaceRefresh(lambda a, b: pattern.residual_products(a, b, obs.values), np,
+                              margin=1e9, random_state=0)  # level 1e9 x 1e-7 = 100: above all
+    assert refresh.resolved_scale is None
+    assert refresh(factors) == 3
+    assert refresh.resolved_scale is None
+
+
+def test_solver_restarts_the_rule_at_the_resolved_scale():
+    M, mask = make_low_rank((20, 15), 2, 0.6, random_state=0)
+    obs, _ = observed_triplets(M, mask)
+    pattern = make_pattern(obs, np.float64)
+    rng = np.random.default_rng(0)
+    factors = models.init_compressed(models.random_orthogonal(20, 4, rng),
+                                     models.random_orthogonal(15, 4, rng), 3, 0.1)
+    measured = iter([None, 0.25, 0.25, 0.125])
+    seen = []
+
+    class Refresh:  # never re-aims, only measures
+        every = 3
+        resolved_scale = None
+
+        def __call__(self, f):
+            self.resolved_scale = next(measured)
+            return 0
+
+    class Rule(steps.ConstantStep):
+        def init(self, f, context):
+            seen.append(context.resolved_scale)
+            return super().init(f, context)
+
+    context = steps.StepContext(lr=1e-4, outer_ratio=1.0, target_scale=1.0, observed_fraction=0.6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gradient_descent(factors, lambda f: models.sparse_loss_and_gradients(f, pattern, obs.values),
+                         Rule([1e-4] * 5), max_iter=13, tol=0.0, observed_norm=1.0,
+                         refresh=Refresh(), context=context)
+    # the start, then a restart only when the measurement changed
+    assert seen == [None, 0.25, 0.125]
+
+
+def test_subspace_refresh_checks_margin_and_observed_fraction():
+    for bad in (0, -1.0, np.inf, "big"):
+        with pytest.raises(ValueError, match="margin"):
+            SubspaceRefresh(lambda a, b: None, np, margin=bad)
+    for bad in (0, 1.5, None):
+        with pytest.raises(ValueError, match="observed_fraction"):
+            SubspaceRefresh(lambda a, b: None, np, observed_fraction=bad)

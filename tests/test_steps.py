@@ -542,3 +542,25 @@ def test_relative_step_warm_starts_the_power_iteration():
     np.testing.assert_allclose(state["vector"], np.array([3.0**8, 1.0]) / np.hypot(3.0**8, 1.0), rtol=1e-14)
     sigma = np.hypot(3.0**9, 1.0) / np.hypot(3.0**8, 1.0)
     assert float(state["eta"]) == pytest.approx(0.1 * 0.3 / sigma, rel=1e-12)
+
+
+def test_preconditioned_damping_scale_follows_the_resolved_scale_within_bounds():
+    rule = steps.PreconditionedStep(scale_floor=1e-3)
+    assert rule.damping_scale(_context(target_scale=4.0)) == 4.0  # nothing measured yet
+    assert rule.damping_scale(_context(target_scale=4.0, resolved_scale=0.5)) == 0.5
+    assert rule.damping_scale(_context(target_scale=4.0, resolved_scale=1e-9)) == pytest.approx(4e-3)
+    assert rule.damping_scale(_context(target_scale=4.0, resolved_scale=9.0)) == 4.0
+
+
+def test_preconditioned_dampings_are_taken_at_the_damping_scale():
+    # by hand: depth 2, damping 1e-2, outer 1e-3 at scale 0.5:
+    # inner lambda_d = 1e-2 * 0.5 ** (2 d / 2) for d = 0, 1; outer 1e-3 * 0.5 ** 2
+    factors = _diagonal_factors([[1.0, 2.0], [3.0, 1.0]])
+    state = steps.PreconditionedStep().init(factors, _context(target_scale=4.0, resolved_scale=0.5))
+    np.testing.assert_allclose(state["dampings"], [1e-2, 1e-2 * 0.5, 1e-3 * 0.25])
+
+
+@pytest.mark.parametrize("bad", [0, 1, 1.5, -0.1, "low"])
+def test_preconditioned_scale_floor_validation(bad):
+    with pytest.raises(ValueError, match="scale_floor"):
+        steps.PreconditionedStep(scale_floor=bad)
