@@ -144,8 +144,11 @@ def _factored(M_obs, mask, M_true, rank, cap_s, target, rule, max_iter=20000, re
             B = L.T @ L - R.T @ R
             L, R = L - eta * (GR + 0.5 * L @ B), R - eta * (GtL - 0.5 * R @ B)
         else:  # (R^T R + lam I) is symmetric: solve(A, G^T)^T = G A^-1
-            L_new = L - eta * np.linalg.solve(R.T @ R + lam * eye, GR.T).T
-            R = R - eta * np.linalg.solve(L.T @ L + lam * eye, GtL.T).T
+            try:
+                L_new = L - eta * np.linalg.solve(R.T @ R + lam * eye, GR.T).T
+                R = R - eta * np.linalg.solve(L.T @ L + lam * eye, GtL.T).T
+            except np.linalg.LinAlgError:  # an exploded iterate: recorded as diverged
+                L_new, R = np.full_like(L, np.nan), np.full_like(R, np.nan)
             L = L_new
         it += 1
     return dict(available=True, error=history["recovery_error"][-1], time=history["time"][-1],
