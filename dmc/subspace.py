@@ -32,6 +32,7 @@ __all__ = [
     "full_initial_gradient",
     "top_singular_triplets",
     "randomized_singular_triplets",
+    "cholesky_qr",
     "invariant_subspace",
 ]
 
