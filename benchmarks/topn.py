@@ -65,6 +65,8 @@ def _parse(argv=None):
     parser.add_argument("--large-steps", type=int, default=5, help="steps timed (default 5)")
     parser.add_argument("--large-svd-solver", default="auto",
                         choices=("auto", "arpack", "randomized"))
+    parser.add_argument("--large-compare-svd", action="store_true",
+                        help="after the fit, time ARPACK against the randomized solver on G0")
     parser.add_argument("--output", default=str(HERE / "results" / "topn.json"))
     parser.add_argument("--readme", default=str(HERE / "README.md"))
     parser.add_argument("--render-only", action="store_true")
@@ -294,8 +296,50 @@ def synthetic_interactions(m, n, n_interactions, seed):
     return keys // n, keys % n
 
 
+def compare_svd_solvers(users, items, rank, seed, n_iters=(4, 8)):
+    """Time ARPACK and the randomized solver on the estimator's initial gradient.
+
+    The same operator ``G0`` that :class:`dmc.InteractionsCompleter` builds
+    (``alpha=0``, no popularity rescaling, ``init_scale=0.1``, depth 3);
+    errors of the randomized triplets relative to ARPACK's: the largest
+    relative singular-value error over all ``rank`` values and over the top
+    4, and the largest principal angle between the top-4 / top-``rank``
+    right singular subspaces.
+    """
+    import numpy as np
+    import scipy.linalg as sla
+
+    from dmc import subspace
+    from dmc.observations import Observations
+
+    user_ids, rows = np.unique(users, return_inverse=True)
+    item_ids, cols = np.unique(items, return_inverse=True)
+    shape = (user_ids.size, item_ids.size)
+    rng = np.random.default_rng(seed)
+    q = subspace.RandomOrthogonal(shape, rng)
+    e0 = 0.1**3 * q.entries(rows, cols)
+    G = subspace.full_initial_gradient(Observations(shape, rows, cols, -np.ones(rows.size)).to_csr(),
+                                       q, 0.1**3)
+    del e0
+    start = time.perf_counter()
+    reference = subspace.top_singular_triplets(G, rank, np.random.default_rng(seed + 1))
+    out = {"arpack_seconds": time.perf_counter() - start, "randomized": []}
+    for n_iter in n_iters:
+        start = time.perf_counter()
+        fast = subspace.top_singular_triplets(G, rank, np.random.default_rng(seed + 1),
+                                              solver="randomized", n_iter=n_iter)
+        seconds = time.perf_counter() - start
+        error = np.abs(fast.singular_values - reference.singular_values) / reference.singular_values
+        out["randomized"].append({
+            "n_iter": n_iter, "seconds": seconds, "max_relative_sv_error": float(error.max()),
+            "top4_relative_sv_error": float(error[:4].max()),
+            "top4_angle": float(np.max(sla.subspace_angles(reference.right[:, :4], fast.right[:, :4]))),
+            "all_angle": float(np.max(sla.subspace_angles(reference.right, fast.right)))})
+    return out
+
+
 def run_large(seed, m=1_000_000, n=100_000, n_interactions=20_000_000, rank=16, steps=5,
-              svd_solver="auto", log=print):
+              svd_solver="auto", compare_svd=False, log=print):
     """A few steps on a synthetic m x n matrix; per-step time and peak memory (tracemalloc).
 
     ``init_seconds`` is the fit's time to its first record (id mapping,
@@ -339,6 +383,10 @@ def run_large(seed, m=1_000_000, n=100_000, n_interactions=20_000_000, rank=16, 
            "load_average": [load_before, os.getloadavg()[0]], "cpu_count": os.cpu_count()}
     log(f"  large: init {out['init_seconds']:.1f} s, median step {out['median_step_seconds']:.2f} s, "
         f"peak traced {peak / 2**30:.2f} GiB, max RSS {out['max_rss_bytes'] / 2**30:.2f} GiB")
+    if compare_svd:  # after the fit, so that the memory figures above are the fit's own
+        del model
+        out["svd_comparison"] = compare_svd_solvers(users, items, rank, seed)
+        log(f"  large: svd comparison {out['svd_comparison']}")
     return out
 
 
@@ -408,6 +456,8 @@ def render_large(large):
         command += f" --large-interactions {large['n_interactions_asked']}"
     if large["steps"] != 5:
         command += f" --large-steps {large['steps']}"
+    if large.get("svd_comparison") is not None:
+        command += " --large-compare-svd"
     steps = ", ".join(f"{t:.2f}" for t in large["step_seconds"])
     return (
         f"`{command}`: {large['shape'][0]:,} users x {large['shape'][1]:,} items (users that "
@@ -425,7 +475,25 @@ def render_large(large):
         f"{large['dense_mxn_float64_bytes'] / gib:,.0f} GiB. Machine load (1-minute load "
         f"average) {large['load_average'][0]:.1f} at the start and {large['load_average'][1]:.1f} "
         f"at the end on {large['cpu_count']} cores, so the times are indicative only."
-        + (f" {large['note']}" if large.get("note") else ""))
+        + _render_svd_comparison(large.get("svd_comparison")))
+
+
+def _render_svd_comparison(comparison):
+    if comparison is None:
+        return ""
+    runs = "; ".join(
+        f"{r['n_iter']} power iterations {r['seconds']:.0f} s, singular values within "
+        f"{r['top4_relative_sv_error']:.0e} (top 4) and {r['max_relative_sv_error']:.0e} (all), "
+        f"largest principal angle to ARPACK's right subspace {r['top4_angle']:.0e} (top 4) and "
+        f"{r['all_angle']:.2f} rad (all)" for r in comparison["randomized"])
+    fastest = min(r["seconds"] for r in comparison["randomized"])
+    verdict = ("ARPACK was faster than every randomized run here (one CPU thread)"
+               if comparison["arpack_seconds"] < fastest else
+               "The randomized solver was faster than ARPACK here (one CPU thread)")
+    verdict += "."
+    return (f" Truncated SVD of the same initial gradient alone (`--large-compare-svd`, same "
+            f"process after the fit): ARPACK {comparison['arpack_seconds']:.0f} s; randomized "
+            f"with {runs}. " + verdict)
 
 
 # what was measured while choosing the defaults (u1 validation split, not the test split)
@@ -503,7 +571,8 @@ def main(argv=None):
                  if args.quick else
                  run_large(args.seed, m=args.large_users, n=args.large_items,
                            n_interactions=args.large_interactions, rank=args.large_rank,
-                           steps=args.large_steps, svd_solver=args.large_svd_solver))
+                           steps=args.large_steps, svd_solver=args.large_svd_solver,
+                           compare_svd=args.large_compare_svd))
         if not args.quick:
             Path(args.output).with_name("topn_large.json").write_text(
                 json.dumps({"machine": results["machine"], "threads": args.threads, **large},
