@@ -121,10 +121,13 @@ class InteractionsCompleter(BaseCompleter):
         Truncated SVD of the initial gradient (matrix-free either way):
         ``"arpack"`` is Lanczos, one operator product at a time, accurate to
         rounding; ``"randomized"`` is the range finder of
-        :func:`dmc.subspace.randomized_singular_triplets`, products in
-        blocks of ``rank + 10`` columns, much faster on very large matrices.
-        ``"auto"`` picks ``"randomized"`` above 1e8 entries (``m * n``) and
-        ``"arpack"`` below.
+        :func:`dmc.subspace.randomized_singular_triplets`, ``2 * svd_n_iter
+        + 2`` passes over the data with blocks of ``rank + 10`` columns,
+        accurate in the top directions and less so where singular values
+        are close together.  ``"auto"`` picks ``"randomized"`` above 1e8
+        entries (``m * n``) and ``"arpack"`` below.  On one CPU thread at
+        1e6 x 1e5 with 2e7 interactions ARPACK was the faster of the two
+        (benchmarks/README.md, section "topn"): pass ``"arpack"`` there.
     svd_n_iter : int, default=4
         Power iterations of the randomized solver (>= 0).
     backend : {"numpy", "torch", "cupy"}, default="numpy"
