@@ -317,10 +317,8 @@ def compare_svd_solvers(users, items, rank, seed, n_iters=(4, 8)):
     shape = (user_ids.size, item_ids.size)
     rng = np.random.default_rng(seed)
     q = subspace.RandomOrthogonal(shape, rng)
-    e0 = 0.1**3 * q.entries(rows, cols)
     G = subspace.full_initial_gradient(Observations(shape, rows, cols, -np.ones(rows.size)).to_csr(),
                                        q, 0.1**3)
-    del e0
     start = time.perf_counter()
     reference = subspace.top_singular_triplets(G, rank, np.random.default_rng(seed + 1))
     out = {"arpack_seconds": time.perf_counter() - start, "randomized": []}
