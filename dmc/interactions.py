@@ -47,6 +47,9 @@ __all__ = ["InteractionsCompleter"]
 
 # validation NDCG is computed on at most this many users with held-out interactions
 _MAX_VALIDATION_USERS = 2000
+# svd_solver="auto" uses the randomized range finder above this many entries (m * n)
+_RANDOMIZED_SVD_ENTRIES = 1e8
+_SVD_SOLVERS = ("auto", "arpack", "randomized")
 
 
 def _interactions(X, items):
@@ -114,6 +117,19 @@ class InteractionsCompleter(BaseCompleter):
         number of steps the best state took.
     max_iter : int, default=1000
     record_every : int, default=5
+    svd_solver : {"auto", "arpack", "randomized"}, default="auto"
+        Truncated SVD of the initial gradient (matrix-free either way):
+        ``"arpack"`` is Lanczos, one operator product at a time, accurate to
+        rounding; ``"randomized"`` is the range finder of
+        :func:`dmc.subspace.randomized_singular_triplets`, ``2 * svd_n_iter
+        + 2`` passes over the data with blocks of ``rank + 10`` columns,
+        accurate in the top directions and less so where singular values
+        are close together.  ``"auto"`` picks ``"randomized"`` above 1e8
+        entries (``m * n``) and ``"arpack"`` below.  On one CPU thread at
+        1e6 x 1e5 with 2e7 interactions ARPACK was the faster of the two
+        (benchmarks/README.md, section "topn"): pass ``"arpack"`` there.
+    svd_n_iter : int, default=4
+        Power iterations of the randomized solver (>= 0).
     backend : {"numpy", "torch", "cupy"}, default="numpy"
         Where training runs; the fitted factors are NumPy arrays (ranking
         runs on the CPU).
@@ -150,8 +166,8 @@ class InteractionsCompleter(BaseCompleter):
     def __init__(self, rank=64, *, depth=3, init_scale=0.1, lr="auto", lr_multiplier=1.0,
                  gamma=1.0, step_rule="adaptive", alpha=0.0, popularity_exponent=0.0,
                  validation_fraction=0.1, validation_k=10, n_iter_no_change=20, refit=True,
-                 max_iter=1000, record_every=5, backend="numpy", device=None, dtype="float64",
-                 callbacks=None, verbose=0, random_state=None):
+                 max_iter=1000, record_every=5, svd_solver="auto", svd_n_iter=4, backend="numpy",
+                 device=None, dtype="float64", callbacks=None, verbose=0, random_state=None):
         self.rank = rank
         self.depth = depth
         self.init_scale = init_scale
@@ -167,6 +183,8 @@ class InteractionsCompleter(BaseCompleter):
         self.refit = refit
         self.max_iter = max_iter
         self.record_every = record_every
+        self.svd_solver = svd_solver
+        self.svd_n_iter = svd_n_iter
         self.backend = backend
         self.device = device
         self.dtype = dtype
@@ -177,7 +195,7 @@ class InteractionsCompleter(BaseCompleter):
     # -- checks --------------------------------------------------------------
     def _check_params(self):
         check_integers(self, {"rank": 1, "depth": 2, "max_iter": 1, "record_every": 1,
-                              "n_iter_no_change": 1, "validation_k": 1})
+                              "n_iter_no_change": 1, "validation_k": 1, "svd_n_iter": 0})
         check_reals(self, ("init_scale", "lr_multiplier"), positive=True)
         check_reals(self, ("gamma", "alpha", "popularity_exponent"), positive=False)
         check_lr(self.lr)
@@ -185,6 +203,9 @@ class InteractionsCompleter(BaseCompleter):
         check_bools(self, ("refit",))
         if self.backend not in ("numpy", "torch", "cupy"):
             raise ValueError(f'backend must be "numpy", "torch" or "cupy"; got {self.backend!r}.')
+        if not isinstance(self.svd_solver, str) or self.svd_solver not in _SVD_SOLVERS:
+            raise ValueError('svd_solver must be "auto", "arpack" or "randomized"; '
+                             f"got {self.svd_solver!r}.")
         if dtype_name(self.dtype) not in ("float32", "float64"):
             raise ValueError(f'dtype must be "float32" or "float64"; got {self.dtype!r}.')
         steps.make_step_rule(self.step_rule)
@@ -290,7 +311,8 @@ class InteractionsCompleter(BaseCompleter):
         s0 = -targets if confidence is None else confidence * (e0 - targets) - e0
         obs = Observations(shape, obs_rows, obs_cols, s0)
         G0 = subspace.full_initial_gradient(obs.to_csr(), q, eps**L)
-        spectrum = subspace.top_singular_triplets(G0, self.rank, rng)
+        spectrum = subspace.top_singular_triplets(G0, self.rank, rng, solver=self._svd_solver(shape),
+                                                  n_iter=self.svd_n_iter)
         U, V = subspace.invariant_subspace(spectrum, q, rng)
         scale = float(spectrum.singular_values[0])
         lr = (self._auto_lr(L, 1.0 if confidence is None else float(confidence.max()))
@@ -339,6 +361,12 @@ class InteractionsCompleter(BaseCompleter):
             "item_factors_": item_factors / item_scale[:, None],
         }
         return fitted, result, best_iter
+
+    def _svd_solver(self, shape):
+        """The truncated SVD solver: ``svd_solver``, with ``"auto"`` decided by ``m * n``."""
+        if self.svd_solver != "auto":
+            return self.svd_solver
+        return "randomized" if shape[0] * shape[1] > _RANDOMIZED_SVD_ENTRIES else "arpack"
 
     def _auto_lr(self, depth, largest_weight):
         """``lr="auto"``: 3/4 of the stability limit of the normalized fully observed loss.

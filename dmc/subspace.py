@@ -8,8 +8,9 @@ subspace pair spanned by
 
 where ``U_G, V_G`` are the top-``rank`` singular vectors of the initial
 gradient ``G0 = P_Omega(E0 - M)``.  Everything here works on the observed
-entries: ``G0`` is sparse, its truncated SVD comes from ARPACK, and ``Q`` is
-an operator applied to a few vectors, never an ``m x n`` array.
+entries: ``G0`` is sparse, its truncated SVD comes from ARPACK (or, for very
+large operators, a randomized range finder in blocks), and ``Q`` is an
+operator applied to a few vectors, never an ``m x n`` array.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg as sla
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
@@ -29,6 +31,8 @@ __all__ = [
     "initial_gradient",
     "full_initial_gradient",
     "top_singular_triplets",
+    "randomized_singular_triplets",
+    "cholesky_qr",
     "invariant_subspace",
 ]
 
@@ -193,17 +197,44 @@ def full_initial_gradient(sparse_part: sp.csr_matrix, q, end_to_end_scale: float
                                rmatmat=rmatmat, dtype=np.float64)
 
 
-def top_singular_triplets(G, rank: int, rng) -> InitialSpectrum:
+SVD_SOLVERS = ("arpack", "randomized")
+
+
+def top_singular_triplets(G, rank: int, rng, *, solver: str = "arpack", n_iter: int = 4,
+                          n_oversamples: int = 10) -> InitialSpectrum:
     """Top-``rank`` singular triplets of a sparse matrix or operator (truncated SVD).
 
-    ARPACK with a start vector drawn from ``rng`` so the result is
-    reproducible; never a full SVD.  ``G`` may be a scipy.sparse matrix or a
-    ``LinearOperator`` (e.g. :func:`full_initial_gradient`).
+    Never a full SVD of an ``m x n`` matrix (except below ``rank >=
+    min(m, n)``, tiny problems only).  ``G`` may be a scipy.sparse matrix, a
+    dense array or a ``LinearOperator`` (e.g. :func:`full_initial_gradient`).
+
+    Parameters
+    ----------
+    G : sparse matrix, ndarray or scipy.sparse.linalg.LinearOperator, shape (m, n)
+    rank : int
+    rng : numpy.random.Generator
+        Draws ARPACK's start vector or the randomized test matrix, so the
+        result is reproducible.
+    solver : {"arpack", "randomized"}, default="arpack"
+        ``"arpack"``: Lanczos (``scipy.sparse.linalg.svds``), one vector
+        product at a time, accurate to rounding.  ``"randomized"``:
+        :func:`randomized_singular_triplets`, products in blocks of ``rank +
+        n_oversamples`` columns; the choice for very large operators.
+    n_iter, n_oversamples : int
+        Passed to :func:`randomized_singular_triplets` (``"randomized"`` only).
+
+    Returns
+    -------
+    InitialSpectrum
     """
+    if solver not in SVD_SOLVERS:
+        raise ValueError(f'solver must be "arpack" or "randomized"; got {solver!r}.')
     m, n = G.shape
+    if solver == "randomized":
+        return randomized_singular_triplets(G, rank, rng, n_iter=n_iter, n_oversamples=n_oversamples)
     v0 = rng.standard_normal(min(m, n))
     if rank >= min(m, n):  # ARPACK needs rank < min(m, n); tiny problems only
-        dense = G.toarray() if sp.issparse(G) else G @ np.eye(n)
+        dense = _dense(G)
         u, s, vt = np.linalg.svd(dense, full_matrices=False)
         u, s, vt = u[:, :rank], s[:rank], vt[:rank]
     else:
@@ -211,6 +242,106 @@ def top_singular_triplets(G, rank: int, rng) -> InitialSpectrum:
         order = np.argsort(s)[::-1]
         u, s, vt = u[:, order], s[order], vt[order]
     return InitialSpectrum(u, s, vt.T)
+
+
+def _dense(G):
+    if sp.issparse(G):
+        return G.toarray()
+    if isinstance(G, np.ndarray):
+        return G
+    return G @ np.eye(G.shape[1])
+
+
+def cholesky_qr(Y):
+    """Orthonormal basis of range(Y) for a tall-skinny block Y (CholeskyQR2).
+
+    ``R = chol(Y^T Y)``, ``Q = Y R^{-1}``, done twice: one pass costs a Gram
+    product and a triangular solve (about half a Householder QR for
+    ``m >> k``) but loses orthogonality like ``cond(Y)**2``; the second
+    pass restores it to rounding whenever the first succeeded.  When the
+    Gram matrix is not numerically positive definite (``Y`` rank deficient
+    or too ill-conditioned), falls back to ``numpy.linalg.qr``.
+
+    Parameters
+    ----------
+    Y : ndarray of shape (m, k), m >= k
+
+    Returns
+    -------
+    ndarray of shape (m, k)
+        Orthonormal columns spanning range(Y) (a completion of it when Y is
+        rank deficient: Householder QR's columns).
+    """
+    Q = Y
+    for _ in range(2):
+        try:
+            R = np.linalg.cholesky(Q.T @ Q).T  # upper triangular, Q^T Q = R^T R
+        except np.linalg.LinAlgError:
+            return np.linalg.qr(Y)[0]
+        Q = sla.solve_triangular(R, Q.T, trans="T", lower=False).T  # Q R^{-1}
+        if not np.all(np.isfinite(Q)):
+            return np.linalg.qr(Y)[0]
+    return Q
+
+
+def _check_operator(G):
+    shape = getattr(G, "shape", None)
+    if shape is None or len(shape) != 2 or not callable(getattr(G, "__matmul__", None)):
+        raise TypeError("G must be a 2-D matrix or operator with a shape and G @ X products "
+                        f"(ndarray, scipy.sparse matrix or LinearOperator); got {type(G).__name__}.")
+    return int(shape[0]), int(shape[1])
+
+
+def randomized_singular_triplets(G, rank: int, rng, *, n_iter: int = 4,
+                                 n_oversamples: int = 10) -> InitialSpectrum:
+    """Top-``rank`` singular triplets by a randomized range finder with power iterations.
+
+    Halko, Martinsson and Tropp (2011), algorithms 4.4 and 5.1: draw a
+    Gaussian test block ``Omega`` (n x l, ``l = rank + n_oversamples``), take
+    ``Y = G Omega``, run ``n_iter`` power iterations ``Y <- G (G^T Y)``
+    with the block orthonormalised after every product (:func:`cholesky_qr`),
+    then ``B = Q^T G`` (l x n) and the SVD of that small block.  Matrix-free:
+    only products of ``G`` and ``G^T`` with l-column blocks, ``2 * n_iter + 2``
+    of them; O((m + n) l) memory beyond the operator.  The error in the
+    ``j``-th singular value shrinks like ``(sigma_{l+1} / sigma_j) **
+    (2 * n_iter + 1)``, so a decaying spectrum needs few iterations.
+
+    Parameters
+    ----------
+    G : ndarray, scipy.sparse matrix or scipy.sparse.linalg.LinearOperator, shape (m, n)
+        Anything with ``shape``, ``G @ X`` and ``G.T @ Y`` for 2-D blocks.
+    rank : int
+        Number of triplets, ``1 <= rank <= min(m, n)``.
+    rng : numpy.random.Generator
+        Draws ``Omega``; the same state gives the same triplets.
+    n_iter : int, default=4
+        Power iterations (>= 0).
+    n_oversamples : int, default=10
+        Extra columns of the test block (>= 0); capped so that ``l <= min(m, n)``.
+
+    Returns
+    -------
+    InitialSpectrum
+        Singular values in descending order, orthonormal singular vectors.
+    """
+    m, n = _check_operator(G)
+    for name, value, low in (("rank", rank, 1), ("n_iter", n_iter, 0),
+                             ("n_oversamples", n_oversamples, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}; got {value!r}.")
+    if rank > min(m, n):
+        raise ValueError(f"rank={rank} exceeds min(m, n) = {min(m, n)} for a {m} x {n} operator.")
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator; got {type(rng).__name__}.")
+    block = min(int(rank) + int(n_oversamples), m, n)
+    Q = cholesky_qr(np.asarray(G @ rng.standard_normal((n, block)), dtype=np.float64))
+    for _ in range(int(n_iter)):
+        Z = cholesky_qr(np.asarray(G.T @ Q, dtype=np.float64))
+        Q = cholesky_qr(np.asarray(G @ Z, dtype=np.float64))
+    Bt = np.asarray(G.T @ Q, dtype=np.float64)  # B^T = G^T Q, n x l
+    v, s, ubt = np.linalg.svd(Bt, full_matrices=False)  # B = ubt^T diag(s) v^T
+    u = Q @ ubt.T
+    return InitialSpectrum(u[:, :rank], s[:rank], v[:, :rank])
 
 
 def _orthonormal_basis(B, k, rng):

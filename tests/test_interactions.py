@@ -256,3 +256,54 @@ def test_sklearn_protocol_and_pair_inputs():
     pd = pytest.importorskip("pandas")
     c = InteractionsCompleter(**params).fit(pd.DataFrame({"user_id": users, "item_id": items}))
     np.testing.assert_array_equal(a.user_factors_, c.user_factors_)
+
+
+def _solver_spy(monkeypatch):
+    """Record the solver each fit asks top_singular_triplets for."""
+    calls = []
+    original = subspace.top_singular_triplets
+
+    def spy(G, rank, rng, **kwargs):
+        calls.append(kwargs.get("solver", "arpack"))
+        return original(G, rank, rng, **kwargs)
+
+    monkeypatch.setattr(subspace, "top_singular_triplets", spy)
+    return calls
+
+
+def test_svd_solver_auto_switches_to_randomized_above_the_threshold(monkeypatch):
+    from dmc import interactions
+
+    users, items, _, _ = _communities(seed=6)
+    params = dict(FAST, validation_fraction=0, max_iter=5)
+    calls = _solver_spy(monkeypatch)
+    InteractionsCompleter(**params).fit(users, items)  # 60 x 45: far below 1e8 entries
+    monkeypatch.setattr(interactions, "_RANDOMIZED_SVD_ENTRIES", 60 * 45 - 1)
+    InteractionsCompleter(**params).fit(users, items)
+    monkeypatch.setattr(interactions, "_RANDOMIZED_SVD_ENTRIES", 60 * 45)
+    InteractionsCompleter(**params).fit(users, items)
+    InteractionsCompleter(**params, svd_solver="arpack").fit(users, items)
+    monkeypatch.setattr(interactions, "_RANDOMIZED_SVD_ENTRIES", 1e8)
+    InteractionsCompleter(**params, svd_solver="randomized").fit(users, items)
+    assert calls == ["arpack", "randomized", "arpack", "arpack", "randomized"]
+
+
+def test_randomized_svd_solver_recovers_the_communities():
+    users, items, users_per, items_per = _communities()
+    arpack = InteractionsCompleter(**FAST, svd_solver="arpack").fit(users, items)
+    model = InteractionsCompleter(**FAST, svd_solver="randomized", svd_n_iter=6).fit(users, items)
+    np.testing.assert_allclose(model.scale_, arpack.scale_, rtol=1e-8)
+    top, _ = model.recommend(np.arange(3 * users_per), k=4)
+    assert np.array_equal(top // items_per, np.repeat(np.arange(3), users_per)[:, None] * np.ones((1, 4), int))
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"svd_solver": "lanczos"}, 'svd_solver must be "auto", "arpack" or "randomized"'),
+    ({"svd_solver": None}, "svd_solver must be"),
+    ({"svd_n_iter": -1}, "svd_n_iter must be an integer >= 0"),
+    ({"svd_n_iter": 2.5}, "svd_n_iter must be an integer"),
+])
+def test_bad_svd_parameters(params, match):
+    users, items, _, _ = _communities()
+    with pytest.raises(ValueError, match=match):
+        InteractionsCompleter(**{**FAST, **params}).fit(users, items)

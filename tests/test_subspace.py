@@ -231,3 +231,125 @@ def test_orthonormal_basis_completes_a_single_missing_direction():
     basis = subspace._orthonormal_basis(np.hstack([a, a[:, :1]]), 4, rng)
     assert basis.shape == (9, 4)
     np.testing.assert_allclose(basis.T @ basis, np.eye(4), atol=1e-12)
+
+
+# -- randomized truncated SVD (Halko, Martinsson and Tropp) ---------------------
+def _decaying(m, n, decay, seed=0):
+    """A dense m x n matrix with singular values decay**j and known singular vectors."""
+    rng = np.random.default_rng(seed)
+    U, _ = np.linalg.qr(rng.standard_normal((m, min(m, n))))
+    V, _ = np.linalg.qr(rng.standard_normal((n, min(m, n))))
+    s = decay ** np.arange(min(m, n))
+    return (U * s) @ V.T, U, s, V
+
+
+def _largest_angle(A, B):
+    import scipy.linalg as sla
+
+    return float(np.max(sla.subspace_angles(A, B)))
+
+
+@pytest.mark.parametrize("shape, rank", [((120, 80), 5), ((80, 120), 8), ((60, 60), 1), ((40, 30), 30)])
+def test_randomized_triplets_match_a_dense_svd(shape, rank):
+    A, U, s, V = _decaying(*shape, decay=0.7)
+    spectrum = subspace.randomized_singular_triplets(A, rank, np.random.default_rng(1))
+    assert spectrum.left.shape == (shape[0], rank) and spectrum.right.shape == (shape[1], rank)
+    np.testing.assert_allclose(spectrum.singular_values, s[:rank], rtol=1e-10)
+    assert _largest_angle(spectrum.left, U[:, :rank]) < 1e-8
+    assert _largest_angle(spectrum.right, V[:, :rank]) < 1e-8
+    np.testing.assert_allclose(spectrum.left.T @ spectrum.left, np.eye(rank), atol=1e-12)
+    np.testing.assert_allclose(spectrum.right.T @ spectrum.right, np.eye(rank), atol=1e-12)
+    np.testing.assert_allclose(A @ spectrum.right, spectrum.left * spectrum.singular_values, atol=1e-10)
+
+
+def test_randomized_triplets_need_the_power_iterations_on_a_slow_decay():
+    # sigma_{l+1} / sigma_rank = 0.97**10: the plain range finder is off by far more than 1e-6
+    A, U, s, V = _decaying(200, 150, decay=0.97, seed=2)
+    rank = 4
+    errors = {}
+    for n_iter in (0, 8):
+        spectrum = subspace.randomized_singular_triplets(A, rank, np.random.default_rng(3), n_iter=n_iter)
+        errors[n_iter] = np.max(np.abs(spectrum.singular_values - s[:rank]) / s[:rank])
+    assert errors[0] > 1e-3
+    assert errors[8] < errors[0] / 10
+
+
+def test_randomized_triplets_of_sparse_and_operator_inputs_agree_with_arpack():
+    rng = np.random.default_rng(4)
+    m, n = 90, 70
+    rows, cols = rng.integers(0, m, 600), rng.integers(0, n, 600)
+    S = sp.csr_matrix((np.ones(600), (rows, cols)), shape=(m, n))
+    S.sum_duplicates()
+    q = subspace.RandomOrthogonal((m, n), rng)
+    G = subspace.full_initial_gradient(-S, q, 1e-3)
+    arpack = subspace.top_singular_triplets(G, 3, np.random.default_rng(5))
+    fast = subspace.top_singular_triplets(G, 3, np.random.default_rng(5), solver="randomized", n_iter=20)
+    np.testing.assert_allclose(fast.singular_values, arpack.singular_values, rtol=1e-8)
+    assert _largest_angle(fast.left, arpack.left) < 1e-4
+    assert _largest_angle(fast.right, arpack.right) < 1e-4
+    sparse = subspace.randomized_singular_triplets(S, 3, np.random.default_rng(6), n_iter=20)
+    dense = np.linalg.svd(S.toarray(), compute_uv=False)
+    np.testing.assert_allclose(sparse.singular_values, dense[:3], rtol=1e-8)
+
+
+def test_randomized_triplets_are_reproducible_from_the_rng():
+    A = _decaying(50, 40, decay=0.9)[0]
+    a = subspace.randomized_singular_triplets(A, 3, np.random.default_rng(5), n_iter=1)
+    b = subspace.randomized_singular_triplets(A, 3, np.random.default_rng(5), n_iter=1)
+    c = subspace.randomized_singular_triplets(A, 3, np.random.default_rng(6), n_iter=1)
+    np.testing.assert_array_equal(a.left, b.left)
+    np.testing.assert_array_equal(a.singular_values, b.singular_values)
+    np.testing.assert_array_equal(a.right, b.right)
+    assert not np.array_equal(a.singular_values, c.singular_values)  # the test block comes from rng
+
+
+def test_randomized_triplets_of_a_low_rank_matrix_fall_back_to_householder():
+    # rank 2 < block 12: the Gram matrix of the sketch is singular, Cholesky fails
+    rng = np.random.default_rng(7)
+    A = rng.standard_normal((40, 2)) @ rng.standard_normal((2, 30))
+    spectrum = subspace.randomized_singular_triplets(A, 2, rng)
+    np.testing.assert_allclose(spectrum.singular_values, np.linalg.svd(A, compute_uv=False)[:2], rtol=1e-10)
+    np.testing.assert_allclose(spectrum.left * spectrum.singular_values @ spectrum.right.T, A, atol=1e-10)
+
+
+def test_cholesky_qr_is_orthonormal_and_spans_the_block():
+    rng = np.random.default_rng(8)
+    # condition number 1e6 (not just scaled columns): one Cholesky-QR pass alone loses orthogonality
+    U, _ = np.linalg.qr(rng.standard_normal((500, 10)))
+    W, _ = np.linalg.qr(rng.standard_normal((10, 10)))
+    Y = (U * np.logspace(0, -6, 10)) @ W.T
+    Q = subspace.cholesky_qr(Y)
+    np.testing.assert_allclose(Q.T @ Q, np.eye(10), atol=1e-12)
+    np.testing.assert_allclose(Q @ (Q.T @ Y), Y, atol=1e-12)
+
+
+def test_cholesky_qr_falls_back_on_a_rank_deficient_block():
+    rng = np.random.default_rng(9)
+    Y = rng.standard_normal((50, 3)) @ rng.standard_normal((3, 6))
+    Q = subspace.cholesky_qr(Y)
+    assert Q.shape == (50, 6)
+    np.testing.assert_allclose(Q.T @ Q, np.eye(6), atol=1e-12)
+    np.testing.assert_allclose(Q @ (Q.T @ Y), Y, atol=1e-10)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"rank": 0}, ValueError, "rank must be an integer >= 1"),
+    ({"rank": 2.0}, ValueError, "rank must be an integer"),
+    ({"rank": 21}, ValueError, "rank=21 exceeds min"),
+    ({"n_iter": -1}, ValueError, "n_iter must be an integer >= 0"),
+    ({"n_iter": True}, ValueError, "n_iter must be an integer"),
+    ({"n_oversamples": -2}, ValueError, "n_oversamples must be an integer >= 0"),
+    ({"rng": 3}, TypeError, "rng must be a numpy.random.Generator"),
+    ({"G": [[1.0, 2.0]]}, TypeError, "G must be a 2-D matrix or operator"),
+])
+def test_randomized_triplets_reject_bad_input(kwargs, error, match):
+    args = {"G": np.ones((30, 20)), "rank": 2, "rng": np.random.default_rng(0)}
+    args.update(kwargs)
+    G, rank, rng = args.pop("G"), args.pop("rank"), args.pop("rng")
+    with pytest.raises(error, match=match):
+        subspace.randomized_singular_triplets(G, rank, rng, **args)
+
+
+def test_top_singular_triplets_rejects_an_unknown_solver():
+    with pytest.raises(ValueError, match='solver must be "arpack" or "randomized"'):
+        subspace.top_singular_triplets(np.ones((5, 4)), 1, np.random.default_rng(0), solver="lanczos")
