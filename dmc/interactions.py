@@ -47,8 +47,12 @@ __all__ = ["InteractionsCompleter"]
 
 # validation NDCG is computed on at most this many users with held-out interactions
 _MAX_VALIDATION_USERS = 2000
-# svd_solver="auto" uses the randomized range finder above this many entries (m * n)
-_RANDOMIZED_SVD_ENTRIES = 1e8
+# svd_solver="auto" uses the randomized range finder above this many entries
+# (m * n).  None measured yet: on one CPU thread ARPACK was faster and more
+# accurate at every size tried (2e5 x 2e4: 1.6 s against 2.7 s; 1e6 x 1e5 with
+# 2e7 interactions: 25 s against 41 s, benchmarks/README.md "topn"), so
+# "auto" is ARPACK until a measurement (many threads, a GPU) says otherwise.
+_RANDOMIZED_SVD_ENTRIES = float("inf")
 _SVD_SOLVERS = ("auto", "arpack", "randomized")
 
 
@@ -124,10 +128,10 @@ class InteractionsCompleter(BaseCompleter):
         :func:`dmc.subspace.randomized_singular_triplets`, ``2 * svd_n_iter
         + 2`` passes over the data with blocks of ``rank + 10`` columns,
         accurate in the top directions and less so where singular values
-        are close together.  ``"auto"`` picks ``"randomized"`` above 1e8
-        entries (``m * n``) and ``"arpack"`` below.  On one CPU thread at
-        1e6 x 1e5 with 2e7 interactions ARPACK was the faster of the two
-        (benchmarks/README.md, section "topn"): pass ``"arpack"`` there.
+        are close together.  ``"auto"`` is ``"arpack"``: on one CPU thread
+        ARPACK was the faster and more accurate of the two at every size
+        measured, up to 1e6 x 1e5 with 2e7 interactions (25 s against 41 s;
+        benchmarks/README.md, section "topn").
     svd_n_iter : int, default=4
         Power iterations of the randomized solver (>= 0).
     backend : {"numpy", "torch", "cupy"}, default="numpy"

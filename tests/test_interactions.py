@@ -277,13 +277,13 @@ def test_svd_solver_auto_switches_to_randomized_above_the_threshold(monkeypatch)
     users, items, _, _ = _communities(seed=6)
     params = dict(FAST, validation_fraction=0, max_iter=5)
     calls = _solver_spy(monkeypatch)
-    InteractionsCompleter(**params).fit(users, items)  # 60 x 45: far below 1e8 entries
+    InteractionsCompleter(**params).fit(users, items)  # "auto" is ARPACK at the default threshold
     monkeypatch.setattr(interactions, "_RANDOMIZED_SVD_ENTRIES", 60 * 45 - 1)
     InteractionsCompleter(**params).fit(users, items)
     monkeypatch.setattr(interactions, "_RANDOMIZED_SVD_ENTRIES", 60 * 45)
     InteractionsCompleter(**params).fit(users, items)
     InteractionsCompleter(**params, svd_solver="arpack").fit(users, items)
-    monkeypatch.setattr(interactions, "_RANDOMIZED_SVD_ENTRIES", 1e8)
+    monkeypatch.setattr(interactions, "_RANDOMIZED_SVD_ENTRIES", float("inf"))
     InteractionsCompleter(**params, svd_solver="randomized").fit(users, items)
     assert calls == ["arpack", "randomized", "arpack", "arpack", "randomized"]
 
