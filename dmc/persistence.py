@@ -243,6 +243,27 @@ def _check_observed(estimator, users, items):
         raise _Damaged("its observed pairs are missing or do not match the ids")
 
 
+def _check_neighbours(estimator, items):
+    """RatingsCompleter's kNN correction: residuals per training pair, n x n similarities.
+
+    Files saved before the correction existed hold neither (their models
+    predict without it).
+    """
+    residuals = getattr(estimator, "_residuals", None)
+    if residuals is not None and (not isinstance(residuals, np.ndarray) or residuals.dtype.kind != "f"
+                                  or residuals.shape != estimator._observed[0].shape):
+        raise _Damaged(f"its training residuals (shape {_shape(residuals)}) do not match its "
+                       f"{estimator._observed[0].size} training pairs")
+    count = getattr(estimator, "n_neighbours_", 0)
+    if not (isinstance(count, int) and not isinstance(count, bool) and count >= 0):
+        raise _Damaged(f"n_neighbours_ is {count!r}, not an integer >= 0")
+    similarities = getattr(estimator, "item_similarities_", None)
+    if count and (residuals is None or not isinstance(similarities, np.ndarray)
+                  or similarities.dtype.kind != "f" or _shape(similarities) != (items[0], items[0])):
+        raise _Damaged(f"its item_similarities_ (shape {_shape(similarities)}) do not match its "
+                       f"{items[0]} items, or its training residuals are missing")
+
+
 def _check_state(estimator):
     """The fitted arrays must fit together (a tampered file could pair any arrays)."""
     name = type(estimator).__name__
@@ -284,6 +305,7 @@ def _check_state(estimator):
             raise _Damaged(f"its factors ({rows}, {cols}), biases and ids ({users}, {items}) "
                            "do not fit together")
         _check_observed(estimator, users, items)
+        _check_neighbours(estimator, items)
         low_high = getattr(estimator, "rating_range_", None)
         if not (isinstance(low_high, tuple) and len(low_high) == 2
                 and all(isinstance(v, float) for v in low_high)):
