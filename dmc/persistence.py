@@ -306,6 +306,10 @@ def _check_state(estimator):
                            "do not fit together")
         _check_observed(estimator, users, items)
         _check_neighbours(estimator, items)
+        embeddings = getattr(estimator, "feature_factors_", None)
+        if embeddings is not None and (len(_shape(embeddings)) != 2 or _shape(embeddings)[1] != cols[1]):
+            raise _Damaged(f"its feature_factors_ (shape {_shape(embeddings)}) do not fit together "
+                           f"with its column factors ({cols})")
         low_high = getattr(estimator, "rating_range_", None)
         if not (isinstance(low_high, tuple) and len(low_high) == 2
                 and all(isinstance(v, float) for v in low_high)):

@@ -61,26 +61,38 @@ class _BiasedFactors:
     """Deep factors plus user and item bias vectors, in the solver's protocol.
 
     ``arrays()`` lists ``[left, *inner, right, user_bias, item_bias]`` and,
-    with implicit feedback, the item factors ``implicit`` (``Y``, n x k); the
+    with implicit feedback, the item factors ``implicit`` (``Y``, n x k) and,
+    with item features, their embeddings ``features`` (``E``, f x k); the
     solver updates each in place with its own step size.  ``rated`` is the
     fixed m x n sparse matrix ``N`` with ``N[u, j] = |R(u)|^(-1/2)`` for the
     items ``j`` user ``u`` rated (SVD++): a user's left factor is ``U[u] +
-    N[u] Y``.
+    N[u] Y``.  ``item_features`` is the fixed n x f matrix ``F``: an item's
+    right factor is ``V[i] + F[i] E`` (SVDFeature).
     """
 
-    def __init__(self, factors, user_bias, item_bias, implicit=None, rated=None):
+    def __init__(self, factors, user_bias, item_bias, implicit=None, rated=None, features=None,
+                 item_features=None):
         self.factors = factors
         self.user_bias = user_bias
         self.item_bias = item_bias
         self.implicit, self.rated = implicit, rated
+        self.features, self.item_features = features, item_features
 
     def arrays(self):
-        extra = [] if self.implicit is None else [self.implicit]
+        extra = [a for a in (self.implicit, self.features) if a is not None]
         return [*self.factors.arrays(), self.user_bias, self.item_bias, *extra]
 
     def copy(self):
         return _BiasedFactors(self.factors.copy(), self.user_bias.copy(), self.item_bias.copy(),
-                              None if self.implicit is None else self.implicit.copy(), self.rated)
+                              None if self.implicit is None else self.implicit.copy(), self.rated,
+                              None if self.features is None else self.features.copy(),
+                              self.item_features)
+
+    def right(self):
+        """``V + F E``: the items' right factors, item features included."""
+        if self.features is None:
+            return self.factors.right
+        return self.factors.right + self.item_features @ self.features
 
     def left(self):
         """``U + N Y``: the users' left factors, implicit feedback included."""
@@ -91,6 +103,60 @@ class _BiasedFactors:
     def row_factors(self):
         product = models.inner_product(self.factors.inner)
         return self.left() if product is None else self.left() @ product
+
+
+def item_feature_matrix(item_features, item_ids):
+    """``item_features`` as a float (len(item_ids), n_features) array, rows in ``item_ids``' order.
+
+    ``item_features``: an :class:`dmc.datasets.ItemFeatures` or a pair
+    ``(ids, values)`` (``values`` of shape (len(ids), n_features)), or a
+    pandas DataFrame indexed by item id with one column per feature.  Every
+    id in ``item_ids`` needs a row; rows of other ids are ignored.
+    """
+    if hasattr(item_features, "index") and hasattr(item_features, "columns"):  # DataFrame
+        ids, values = np.asarray(item_features.index), item_features.to_numpy()
+    elif isinstance(item_features, tuple) and len(item_features) in (2, 3):
+        ids, values = item_features[0], item_features[1]
+    else:
+        raise TypeError(
+            "item_features must be a pair (ids, values) with values of shape (len(ids), "
+            "n_features), a dmc.datasets.ItemFeatures, or a pandas DataFrame indexed by item id; "
+            f"got {type(item_features).__name__}.")
+    ids = _as_1d("item_features ids", ids)
+    values = np.asarray(values)
+    if values.ndim != 2 or values.shape[0] != ids.size or values.shape[1] == 0:
+        raise ValueError(f"item_features values must have shape (len(ids), n_features) with "
+                         f"n_features >= 1; got {values.shape} for {ids.size} ids.")
+    if values.dtype.kind not in "biuf" or not np.all(np.isfinite(values)):
+        raise ValueError(f"item_features values must be finite numbers (e.g. 0/1 flags); got "
+                         f"dtype {values.dtype}" + ("" if values.dtype.kind not in "biuf"
+                                                    else " with NaN or inf") + ".")
+    known, codes = encode_ids(ids) if ids.dtype.kind == item_ids.dtype.kind or (
+        ids.dtype.kind in "iu" and item_ids.dtype.kind in "iu") else (None, None)
+    if known is None:
+        raise TypeError(f"item_features ids (dtype {ids.dtype}) and the ratings' item ids (dtype "
+                        f"{item_ids.dtype}) must both be integers or both strings.")
+    if known.size != ids.size:
+        raise ValueError("item_features holds an item id more than once; keep one row per item.")
+    position, found = lookup(known, item_ids)
+    if not found.all():
+        raise ValueError(f"item_features has no row for item id(s) {item_ids[~found][:5].tolist()}"
+                         f" ({int((~found).sum())} of the {item_ids.size} rated items); every "
+                         "rated item needs one (all zeros for an item without features).")
+    order = np.empty(ids.size, dtype=np.intp)
+    order[codes] = np.arange(ids.size)
+    return values[order[position]].astype(np.float64)
+
+
+def unit_columns(features):
+    """``features`` with each nonzero column divided by its Euclidean norm.
+
+    For 0/1 flags: ``1 / sqrt(number of items with the feature)``, so that a
+    genre shared by 700 movies moves its embedding no faster than one of 20
+    (the embedding's gradient sums over the feature's items).
+    """
+    norms = np.linalg.norm(features, axis=0)
+    return features / np.where(norms > 0, norms, 1.0)
 
 
 def implicit_matrix(rows, cols, shape):
@@ -339,6 +405,15 @@ class RatingsCompleter(BaseCompleter):
     neighbour_damping : float, default=1.0
         Added to the correction's denominator: shrinks it where the
         neighbours are few or weakly similar.
+    feature_lr : float, default=2.0
+        Step of the item-feature embeddings ``E`` (``fit(...,
+        item_features=...)``), relative to that of ``U, V``; the feature
+        columns are scaled to unit norm first.  On a validation split of
+        MovieLens 100K u1 with the 19 genres, 1, 2 and 3 gave RMSE 0.8981,
+        0.8973 and 0.8968 against 0.8995 without features, and 10 diverged.
+        On the test splits the genres helped u1 (0.9119 -> 0.9089) but hurt
+        u2 (0.8994 -> 0.9202): five-split mean 0.9035 against 0.9010, so
+        item features stay opt-in.
 
     Attributes
     ----------
@@ -354,6 +429,10 @@ class RatingsCompleter(BaseCompleter):
         ``row_factors_`` (zeros without ``implicit_feedback``); used by
         :meth:`fold_in`.
     rating_range_ : (float, float)
+    feature_factors_ : ndarray of shape (n_features, k) or None
+        The item-feature embeddings ``E`` (None without ``item_features``):
+        ``column_factors_[i]`` includes ``F[i] E``, ``F`` the features with
+        unit-norm columns.
     n_neighbours_ : int
         Neighbours the item-kNN correction uses (0: no correction).
     item_similarities_ : ndarray of shape (n_items, n_items) or None
@@ -401,7 +480,8 @@ class RatingsCompleter(BaseCompleter):
                  validation_fraction=0.1, n_iter_no_change=20, refit=True, clip=True,
                  rating_range=None, max_iter=3000, record_every=10, callbacks=None,
                  verbose=0, random_state=None, implicit_feedback=True, warm_start=False,
-                 neighbours="auto", neighbour_shrinkage=100.0, neighbour_damping=1.0):
+                 neighbours="auto", neighbour_shrinkage=100.0, neighbour_damping=1.0,
+                 feature_lr=2.0):
         self.rank = rank
         self.depth = depth
         self.init_scale = init_scale
@@ -428,12 +508,13 @@ class RatingsCompleter(BaseCompleter):
         self.neighbours = neighbours
         self.neighbour_shrinkage = neighbour_shrinkage
         self.neighbour_damping = neighbour_damping
+        self.feature_lr = feature_lr
 
     # -- validation ----------------------------------------------------------
     def _check_params(self):
         check_integers(self, {"rank": 1, "depth": 2, "max_iter": 1, "record_every": 1,
                               "n_iter_no_change": 1, "bias_warmup": 0})
-        check_reals(self, ("init_scale", "lr_multiplier", "bias_lr"), positive=True)
+        check_reals(self, ("init_scale", "lr_multiplier", "bias_lr", "feature_lr"), positive=True)
         check_reals(self, ("gamma", "bias_penalty", "weight_decay", "neighbour_shrinkage",
                            "neighbour_damping"), positive=False)
         if not (self.neighbours == "auto" if isinstance(self.neighbours, str)
@@ -459,7 +540,7 @@ class RatingsCompleter(BaseCompleter):
         return low, high
 
     # -- fitting -------------------------------------------------------------
-    def fit(self, X, items=None, ratings=None, *, y=None):
+    def fit(self, X, items=None, ratings=None, *, y=None, item_features=None):
         """Fit the model to rating triplets.
 
         Parameters
@@ -486,6 +567,19 @@ class RatingsCompleter(BaseCompleter):
             (largest ratings near 1e307).
         y : array-like of float, optional
             The ratings, for ``fit(X, y=...)``.
+        item_features : ItemFeatures, (ids, values) pair or pandas.DataFrame, optional
+            Side information on the items, learned as extra item factors
+            (SVDFeature): item ``i``'s right factor becomes ``V[i] + F[i] E``
+            with ``F[i]`` its feature vector and ``E`` (n_features x k,
+            ``feature_factors_``) trained from zero with step ``feature_lr``
+            times that of ``V``.  Give a pair ``(ids, values)`` with
+            ``values`` of shape (len(ids), n_features), e.g.
+            :func:`dmc.datasets.load_movielens_100k_genres` (0/1 genre
+            flags), or a DataFrame indexed by item id with a column per
+            feature.  Every rated item needs a row (zeros for an item
+            without features); rows of other ids are ignored.  With
+            ``warm_start`` the continued fit needs the same number of
+            features.
 
         Returns
         -------
@@ -510,6 +604,16 @@ class RatingsCompleter(BaseCompleter):
         previous = self._warm_state() if self.warm_start else None
         self.user_ids_, rows = encode_ids(users)
         self.item_ids_, cols = encode_ids(items)
+        features = (None if item_features is None
+                    else unit_columns(item_feature_matrix(item_features, self.item_ids_)))
+        if previous is not None and (
+                (previous[0].get("features") is None) != (features is None)
+                or features is not None and previous[0]["features"].shape[0] != features.shape[1]):
+            had = previous[0].get("features")
+            raise ValueError(
+                "warm_start continues the previous fit, which had "
+                + ("no item_features" if had is None else f"{had.shape[0]} item features")
+                + "; pass the same kind of item_features, or fit afresh with warm_start=False.")
         shape = (self.user_ids_.size, self.item_ids_.size)
         if 2 * self.rank > min(shape):
             raise ValueError(f"rank={self.rank} is too large for {shape[0]} users and {shape[1]} "
@@ -537,13 +641,13 @@ class RatingsCompleter(BaseCompleter):
         initial_state = rng.bit_generator.state
         fitted, result, best_iter = self._train(
             shape, rows, cols, ratings, train, rng, start, max_iter=self.max_iter,
-            callbacks=solver_callbacks(self.callbacks), init=init)
+            callbacks=solver_callbacks(self.callbacks), init=init, features=features)
         # an interrupted fit keeps its best state; the refit would start over
         if self.refit and self.validation_fraction > 0 and result.stop_reason != "interrupted":
             rng.bit_generator.state = initial_state
             refitted, refit_result, _ = self._train(
                 shape, rows, cols, ratings, np.ones_like(train), rng, start,
-                max_iter=max(best_iter, 1), callbacks=[], init=init)
+                max_iter=max(best_iter, 1), callbacks=[], init=init, features=features)
             if refit_result.stop_reason != "interrupted":
                 fitted = refitted
         if shift:  # back to rating units
@@ -594,11 +698,12 @@ class RatingsCompleter(BaseCompleter):
         return state, self.user_ids_, self.item_ids_
 
     def _train(self, shape, rows, cols, ratings, train, rng, start, *, max_iter, callbacks,
-               init=None):
+               init=None, features=None):
         """Gradient descent on the ``train`` part.
 
         ``init``: a previous fit's ``_state`` (warm start), whose mean, scale
         and factors the descent continues from; None starts afresh.
+        ``features``: the item feature matrix ``F`` (n_items x f) or None.
         Returns the fitted attributes of the state kept (a dict), the
         solver's result and the step of that state.
         """
@@ -632,12 +737,15 @@ class RatingsCompleter(BaseCompleter):
             scale = float(spectrum.singular_values[0] / p)
             factors = models.init_compressed(np.ascontiguousarray(U), np.ascontiguousarray(V), L, eps)
             state = _BiasedFactors(factors, user_bias / scale, item_bias / scale,
-                                   None if rated is None else np.zeros((rated.shape[1], U.shape[1])), rated)
+                                   None if rated is None else np.zeros((rated.shape[1], U.shape[1])), rated,
+                                   None if features is None else np.zeros((features.shape[1], U.shape[1])),
+                                   features)
         else:
             scale, factors = init["scale"], models.DeepFactors(
                 init["left"].copy(), [w.copy() for w in init["inner"]], init["right"].copy())
             state = _BiasedFactors(factors, init["user_bias"].copy(), init["item_bias"].copy(),
-                                   None if rated is None else init["implicit"].copy(), rated)
+                                   None if rated is None else init["implicit"].copy(), rated,
+                                   None if features is None else init["features"].copy(), features)
         values = obs.values / scale
         lr = (models.spectral_step_size(p, p, L) if self.lr == "auto" else float(self.lr))
         lr *= self.lr_multiplier
@@ -648,20 +756,20 @@ class RatingsCompleter(BaseCompleter):
 
         def loss_and_gradients(s):
             product = models.inner_product(s.factors.inner)
-            left = s.left()
-            factors = s.factors if s.implicit is None else models.DeepFactors(
-                left, s.factors.inner, s.factors.right)
+            left, right = s.left(), s.right()
+            factors = s.factors if s.implicit is None and s.features is None else models.DeepFactors(
+                left, s.factors.inner, right)
             A = left if product is None else left @ product
             if self.biases:
                 A_aug = np.hstack([A, s.user_bias[:, None], ones_m])
-                B_aug = np.hstack([s.factors.right, ones_n, s.item_bias[:, None]])
+                B_aug = np.hstack([right, ones_n, s.item_bias[:, None]])
                 loss, RB, RtA = pattern.residual_products(A_aug, B_aug, values)
                 grads = models.assemble_gradients(factors, product, RB[:, :k], RtA[:, :k])
                 gu = (RB[:, k] + penalty * s.user_bias) * user_step
                 gi = (RtA[:, k + 1] + penalty * s.item_bias) * item_step
                 loss = loss + 0.5 * penalty * (s.user_bias @ s.user_bias + s.item_bias @ s.item_bias)
             else:
-                loss, RB, RtA = pattern.residual_products(A, s.factors.right, values)
+                loss, RB, RtA = pattern.residual_products(A, right, values)
                 grads = models.assemble_gradients(factors, product, RB, RtA)
                 gu, gi = np.zeros(shape[0]), np.zeros(shape[1])
             if wd:
@@ -670,7 +778,9 @@ class RatingsCompleter(BaseCompleter):
                     loss = loss + 0.5 * wd * float((f * f).sum())
             # d/dY of a loss of U + N Y: N^T (its gradient in U)
             g_implicit = None if s.implicit is None else s.rated.T @ grads.left
-            return loss, _BiasedFactors(grads, gu, gi, g_implicit)
+            # and d/dE of a loss of V + F E: F^T (its gradient in V)
+            g_features = None if s.features is None else s.item_features.T @ grads.right
+            return loss, _BiasedFactors(grads, gu, gi, g_implicit, features=g_features)
 
         validation = ~train
         v_rows, v_cols, v_values = rows[validation], cols[validation], ratings[validation]
@@ -678,7 +788,7 @@ class RatingsCompleter(BaseCompleter):
 
         def validation_rmse(s):
             A = s.row_factors()
-            pred = mu + scale * (np.einsum("ij,ij->i", A[v_rows], s.factors.right[v_cols])
+            pred = mu + scale * (np.einsum("ij,ij->i", A[v_rows], s.right()[v_cols])
                                  + s.user_bias[v_rows] + s.item_bias[v_cols])
             if self.clip:
                 np.clip(pred, low, high, out=pred)
@@ -692,7 +802,8 @@ class RatingsCompleter(BaseCompleter):
             callbacks.insert(0, stopper)
         outer = self.gamma * lr
         step_sizes = [outer] + [lr] * L + [outer, 1.0, 1.0] + (
-            [_IMPLICIT_STEP * outer] if self.implicit_feedback else [])
+            [_IMPLICIT_STEP * outer] if self.implicit_feedback else []) + (
+            [self.feature_lr * outer] if features is not None else [])
         with warnings.catch_warnings(), compute_threads("numpy"):
             warnings.simplefilter("ignore", ConvergenceWarning)  # its tol message does not apply
             result = gradient_descent(
@@ -713,7 +824,9 @@ class RatingsCompleter(BaseCompleter):
         fitted = {  # in rating units
             "global_mean_": mu, "scale_": scale, "lr_": lr,
             "row_factors_": scale * state.row_factors(),
-            "column_factors_": state.factors.right.copy(),
+            "column_factors_": state.right().copy(),
+            # E: item i's column factor is V[i] + F[i] E (None without item_features)
+            "feature_factors_": None if state.features is None else state.features.copy(),
             # Y Wt_L ... Wt_1 times the scale: a folded-in user's implicit part (fold_in)
             "implicit_factors_": (np.zeros_like(state.factors.right) if state.implicit is None
                                   else scale * (state.implicit if product is None
@@ -723,7 +836,8 @@ class RatingsCompleter(BaseCompleter):
                        "inner": [w.copy() for w in state.factors.inner],
                        "right": state.factors.right.copy(), "user_bias": state.user_bias.copy(),
                        "item_bias": state.item_bias.copy(),
-                       "implicit": None if state.implicit is None else state.implicit.copy()},
+                       "implicit": None if state.implicit is None else state.implicit.copy(),
+                       "features": None if state.features is None else state.features.copy()},
             "user_bias_": scale * state.user_bias, "item_bias_": scale * state.item_bias,
         }
         return fitted, result, best_iter

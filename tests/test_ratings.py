@@ -340,7 +340,8 @@ def test_documented_defaults():
         bias_penalty=5.0, bias_lr=0.5, bias_warmup=20, weight_decay=0.0, validation_fraction=0.1,
         n_iter_no_change=20, refit=True, clip=True, rating_range=None, max_iter=3000,
         record_every=10, callbacks=None, verbose=0, random_state=None, implicit_feedback=True,
-        warm_start=False, neighbours="auto", neighbour_shrinkage=100.0, neighbour_damping=1.0)
+        warm_start=False, neighbours="auto", neighbour_shrinkage=100.0, neighbour_damping=1.0,
+        feature_lr=2.0)
 
 
 def test_learning_rate_hand_computed():
