@@ -90,8 +90,8 @@ def run_dmc(train, test, seed, quick, *, fit_params=None, **params):
 
 
 def run_dmc_no_knn(train, test, seed, quick):
-    """dmc without the item-kNN correction of the residuals (the defaults before it)."""
-    return run_dmc(train, test, seed, quick, neighbours=0)
+    """dmc without the kNN corrections of the residuals (the defaults before them)."""
+    return run_dmc(train, test, seed, quick, neighbours=0, user_neighbours=0)
 
 
 def run_dmc_genres(train, test, seed, quick):

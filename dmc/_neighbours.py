@@ -21,8 +21,14 @@ interpolated from the most similar items the user rated::
 * ``damping`` (> 0) shrinks the correction when the neighbours are few or
   weakly similar.
 
+The same functions give the user-kNN correction with the roles swapped
+(user-user similarities of the residual rows, the most similar users who
+rated the item): ``item_similarities(cols, rows, ...)`` and
+``pair_corrections`` on the transposed residuals.
+
 The similarity matrix is dense, ``n_items x n_items`` float64 (22 MB for
-the 1,682 items of MovieLens 100K); :data:`MAX_ITEMS` bounds it.
+the 1,682 items of MovieLens 100K); :data:`MAX_ITEMS` bounds it (and the
+number of users, for the user-user one).
 """
 
 from __future__ import annotations
@@ -30,8 +36,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["MAX_ITEMS", "item_similarities", "pair_corrections", "row_corrections",
-           "user_corrections"]
+__all__ = ["MAX_ITEMS", "item_similarities", "new_row_similarities", "pair_corrections",
+           "row_corrections", "user_corrections", "vector_corrections"]
 
 # beyond this many items the dense similarity matrix (8 n^2 bytes, 0.8 GB at
 # 10,000, and three such while it is built) is not built: the correction is skipped
@@ -137,3 +143,60 @@ def row_corrections(similarities, observed, rows, k, damping):
         out[position] = user_corrections(similarities, every, observed.indices[start:stop],
                                           observed.data[start:stop], k, damping)
     return out
+
+
+def new_row_similarities(observed, rated, residuals, shrinkage):
+    """Shrunk cosine similarities of a new residual row to every row of ``observed``.
+
+    Parameters
+    ----------
+    observed : scipy.sparse.csr_matrix, shape (n_rows, n_cols)
+        Residuals of the fitted rows (e.g. users x items); stored entries rated.
+    rated : ndarray of int, shape (n,)
+        Columns the new row has, each once.
+    residuals : ndarray of float, shape (n,)
+    shrinkage : float
+
+    Returns
+    -------
+    ndarray of float, shape (n_rows,)
+        As :func:`item_similarities` would give between the new row and each
+        fitted row (a missing entry counts as a zero residual).
+    """
+    dense = np.zeros(observed.shape[1])
+    dense[rated] = residuals
+    products = observed @ dense
+    norms = np.sqrt(np.asarray(observed.multiply(observed).sum(axis=1)).ravel()) * np.linalg.norm(dense)
+    flags = np.zeros(observed.shape[1])
+    flags[rated] = 1.0
+    pattern = observed.copy()
+    pattern.data = np.ones_like(pattern.data)
+    common = pattern @ flags
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cosine = np.where(norms > 0, products / norms, 0.0)
+        weight = np.where(common > 0, common / (common + shrinkage), 0.0)
+    return cosine * weight
+
+
+def vector_corrections(similarities, observed_by_column, k, damping):
+    """Corrections of one row at every column from its similarities to the fitted rows.
+
+    For column ``i``: over the fitted rows ``v`` with an entry in column
+    ``i`` (``observed_by_column``: CSR, columns x rows, the residuals), the
+    ``k`` with the largest ``similarities[v]``; ``sum s r / (sum |s| +
+    damping)``.  The user-kNN correction of a folded-in user.
+
+    Returns
+    -------
+    ndarray of float, shape (n_cols,)
+    """
+    n_cols = observed_by_column.shape[0]
+    column = np.repeat(np.arange(n_cols), np.diff(observed_by_column.indptr))
+    sims = similarities[observed_by_column.indices]
+    order = np.lexsort((-sims, column))  # by column, most similar first
+    rank = np.arange(order.size) - observed_by_column.indptr[column[order]]
+    keep = order[rank < k]
+    numerator = np.bincount(column[keep], sims[keep] * observed_by_column.data[keep], n_cols)
+    denominator = np.bincount(column[keep], np.abs(sims[keep]), n_cols) + damping
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, numerator / denominator, 0.0)

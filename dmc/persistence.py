@@ -243,8 +243,8 @@ def _check_observed(estimator, users, items):
         raise _Damaged("its observed pairs are missing or do not match the ids")
 
 
-def _check_neighbours(estimator, items):
-    """RatingsCompleter's kNN correction: residuals per training pair, n x n similarities.
+def _check_neighbours(estimator, users, items):
+    """RatingsCompleter's kNN corrections: residuals per training pair, n x n similarities.
 
     Files saved before the correction existed hold neither (their models
     predict without it).
@@ -254,14 +254,16 @@ def _check_neighbours(estimator, items):
                                   or residuals.shape != estimator._observed[0].shape):
         raise _Damaged(f"its training residuals (shape {_shape(residuals)}) do not match its "
                        f"{estimator._observed[0].size} training pairs")
-    count = getattr(estimator, "n_neighbours_", 0)
-    if not (isinstance(count, int) and not isinstance(count, bool) and count >= 0):
-        raise _Damaged(f"n_neighbours_ is {count!r}, not an integer >= 0")
-    similarities = getattr(estimator, "item_similarities_", None)
-    if count and (residuals is None or not isinstance(similarities, np.ndarray)
-                  or similarities.dtype.kind != "f" or _shape(similarities) != (items[0], items[0])):
-        raise _Damaged(f"its item_similarities_ (shape {_shape(similarities)}) do not match its "
-                       f"{items[0]} items, or its training residuals are missing")
+    for count_name, name, size, kind in (("n_neighbours_", "item_similarities_", items[0], "items"),
+                                         ("n_user_neighbours_", "user_similarities_", users[0], "users")):
+        count = getattr(estimator, count_name, 0)
+        if not (isinstance(count, int) and not isinstance(count, bool) and count >= 0):
+            raise _Damaged(f"{count_name} is {count!r}, not an integer >= 0")
+        similarities = getattr(estimator, name, None)
+        if count and (residuals is None or not isinstance(similarities, np.ndarray)
+                      or similarities.dtype.kind != "f" or _shape(similarities) != (size, size)):
+            raise _Damaged(f"its {name} (shape {_shape(similarities)}) do not match its {size} "
+                           f"{kind}, or its training residuals are missing")
 
 
 def _check_state(estimator):
@@ -305,7 +307,7 @@ def _check_state(estimator):
             raise _Damaged(f"its factors ({rows}, {cols}), biases and ids ({users}, {items}) "
                            "do not fit together")
         _check_observed(estimator, users, items)
-        _check_neighbours(estimator, items)
+        _check_neighbours(estimator, users, items)
         embeddings = getattr(estimator, "feature_factors_", None)
         if embeddings is not None and (len(_shape(embeddings)) != 2 or _shape(embeddings)[1] != cols[1]):
             raise _Damaged(f"its feature_factors_ (shape {_shape(embeddings)}) do not fit together "

@@ -13,7 +13,8 @@ from dmc.ratings import RatingsCompleter, item_feature_matrix, unit_columns
 from dmc.solver import ConvergenceWarning
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
-FAST = dict(rank=2, max_iter=40, validation_fraction=0.0, random_state=0, neighbours=0)
+FAST = dict(rank=2, max_iter=40, validation_fraction=0.0, random_state=0, neighbours=0,
+            user_neighbours=0)
 N_USERS, N_ITEMS = 16, 12
 
 

@@ -1,4 +1,4 @@
-"""RatingsCompleter's item-kNN correction of the residuals (dmc/_neighbours.py).
+"""RatingsCompleter's item- and user-kNN corrections of the residuals (dmc/_neighbours.py).
 
 The reference is written with plain loops over users and items, from the
 definitions in the module docstring, independently of the vectorized code.
@@ -80,7 +80,18 @@ def _deep_by_hand(model, r, c):
 @pytest.fixture(scope="module")
 def fitted():
     data = _toy()
-    return _fit(data, neighbours=3, neighbour_shrinkage=2.0, neighbour_damping=0.5), data
+    return _fit(data, neighbours=3, user_neighbours=2, neighbour_shrinkage=2.0,
+                neighbour_damping=0.5), data
+
+
+def _both_by_hand(model, residual, rated, u, i):
+    """Item correction (3 neighbours) plus user correction (2) of the fixture, by loops."""
+    S = _similarities_by_hand(residual, rated, 2.0)
+    S_users = _similarities_by_hand(residual.T, rated.T, 2.0)
+    js = np.flatnonzero(rated[u])
+    vs = np.flatnonzero(rated[:, i])
+    return (_correction_by_hand(S, js, residual[u, js], i, 3, 0.5)
+            + _correction_by_hand(S_users, vs, residual[vs, i], u, 2, 0.5))
 
 
 # -- the fitted state ------------------------------------------------------------------------
@@ -100,6 +111,9 @@ def test_similarities_against_loops(fitted):
     assert model.item_similarities_.shape == (11, 11) and model.n_neighbours_ == 3
     np.testing.assert_allclose(model.item_similarities_, S, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(S, S.T)
+    assert model.user_similarities_.shape == (14, 14) and model.n_user_neighbours_ == 2
+    np.testing.assert_allclose(model.user_similarities_, _similarities_by_hand(residual.T, rated.T, 2.0),
+                               rtol=1e-10, atol=1e-12)
 
 
 def test_predict_adds_the_correction_against_loops(fitted):
@@ -110,11 +124,11 @@ def test_predict_adds_the_correction_against_loops(fitted):
     r, c = r.ravel(), c.ravel()
     expected = _deep_by_hand(model, r, c)
     for p, (u, i) in enumerate(zip(r, c)):
-        js = np.flatnonzero(rated[u])
-        expected[p] += _correction_by_hand(S, js, residual[u, js], i, 3, 0.5)
+        expected[p] += _both_by_hand(model, residual, rated, u, i)
     np.testing.assert_allclose(model.predict(r, c), np.clip(expected, 1, 5), rtol=1e-10)
-    # an item is not its own neighbour: on a training pair its own residual stays out
+    # an item (user) is not its own neighbour: on a training pair its own residual stays out
     assert np.all(np.diag(model.item_similarities_) == 0)
+    assert np.all(np.diag(model.user_similarities_) == 0)
 
 
 def test_recommend_and_score_use_the_correction(fitted):
@@ -146,7 +160,20 @@ def test_recommend_for_ratings_corrects_with_the_new_users_residuals(fitted):
     row, bias = model.fold_in(items, ratings)
     deep = model.column_factors_ @ row + model.item_bias_ + bias + model.global_mean_
     given = ratings - deep[items]
-    expected = deep + [_correction_by_hand(S, items, given, i, 3, 0.5) for i in range(11)]
+    # the new user's similarity to each user: cosine of residual rows, shrunk by the common items
+    new_similarity = np.zeros(14)
+    for v in range(14):
+        dot = sum(g * residual[v, j] for g, j in zip(given, items))
+        norms = math.sqrt(sum(g * g for g in given)) * math.sqrt(sum(residual[v] ** 2))
+        common = sum(1 for j in items if rated[v, j])
+        if common and norms > 0:
+            new_similarity[v] = dot / norms * common / (common + 2.0)
+    expected = deep.copy()
+    for i in range(11):
+        vs = np.flatnonzero(rated[:, i])
+        top = sorted(((new_similarity[v], residual[v, i]) for v in vs), key=lambda t: -t[0])[:2]
+        expected[i] += (_correction_by_hand(S, items, given, i, 3, 0.5)
+                        + sum(s * r for s, r in top) / (sum(abs(s) for s, _ in top) + 0.5))
     got_items, got_scores = model.recommend_for_ratings(items, ratings, k=11, exclude_rated=False)
     np.testing.assert_allclose(got_scores, expected[got_items], rtol=1e-12)
     assert not np.allclose(got_scores, deep[got_items])
@@ -158,10 +185,11 @@ def test_recommend_for_ratings_corrects_with_the_new_users_residuals(fitted):
 # -- parameters ------------------------------------------------------------------------------
 def test_neighbours_zero_equals_the_uncorrected_model():
     data = _toy()
-    plain = _fit(data, neighbours=0)
+    plain = _fit(data, neighbours=0, user_neighbours=0)
     corrected = _fit(data)
     assert plain.n_neighbours_ == 0 and plain.item_similarities_ is None
-    assert corrected.n_neighbours_ == 40
+    assert plain.n_user_neighbours_ == 0 and plain.user_similarities_ is None
+    assert corrected.n_neighbours_ == 40 and corrected.n_user_neighbours_ == 40
     for name in ("row_factors_", "column_factors_", "user_bias_", "item_bias_"):
         np.testing.assert_array_equal(getattr(plain, name), getattr(corrected, name))
     r, c = np.meshgrid(np.arange(14), np.arange(11), indexing="ij")
@@ -177,7 +205,7 @@ def test_shrinkage_and_damping_shrink_the_correction():
     data = _toy()
     r, c = np.meshgrid(np.arange(14), np.arange(11), indexing="ij")
     r, c = r.ravel(), c.ravel()
-    free = {"clip": False}
+    free = {"clip": False, "user_neighbours": 0}  # the user correction: the same formula
     size = {}
     for shrinkage, damping in ((0.0, 0.0), (0.0, 1.0), (0.0, 10.0), (5.0, 0.0), (50.0, 0.0),
                                (50.0, 1.0)):
@@ -213,6 +241,7 @@ def test_more_neighbours_than_rated_items_uses_all():
 def test_bad_parameters_name_themselves():
     data = _toy()
     for name, bad in (("neighbours", -1), ("neighbours", 2.5), ("neighbours", "many"),
+                      ("user_neighbours", -1), ("user_neighbours", "auto "),
                       ("neighbours", True), ("neighbour_shrinkage", -1.0),
                       ("neighbour_shrinkage", np.inf), ("neighbour_damping", -0.1),
                       ("neighbour_damping", np.nan), ("neighbour_damping", "1")):
@@ -228,20 +257,39 @@ def test_more_than_max_items_skips_the_correction(monkeypatch):
     ratings = rng.integers(1, 6, users.size).astype(float)
     params = dict(rank=1, max_iter=3, validation_fraction=0.0, random_state=0)
     called = []
-    monkeypatch.setattr(_neighbours, "item_similarities", lambda *a: called.append(1))
+    # the item-item matrix is never built (the 3 x 3 user-user one is)
+    monkeypatch.setattr(_neighbours, "item_similarities",
+                        lambda rows, cols, res, n, shrink: called.append(n) or np.zeros((n, n)))
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # "auto": documented, no warning
         warnings.simplefilter("ignore", ConvergenceWarning)
         model = RatingsCompleter(**params).fit(users, items, ratings)
     assert model.item_ids_.size == n_items
-    assert model.n_neighbours_ == 0 and model.item_similarities_ is None and not called
+    assert model.n_neighbours_ == 0 and model.item_similarities_ is None and n_items not in called
     r, c = np.array([0, 1]), np.array([5, 7])
     np.testing.assert_allclose(model.predict(r, c), np.clip(_deep_by_hand(model, r, c), 1, 5))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         with pytest.warns(UserWarning, match=r"neighbours=40 is ignored: with 10001 items"):
             explicit = RatingsCompleter(neighbours=40, **params).fit(users, items, ratings)
-    assert explicit.n_neighbours_ == 0 and not called
+    assert explicit.n_neighbours_ == 0 and n_items not in called and called == [3, 3]
+
+
+def test_more_than_max_users_skips_the_user_correction():
+    n_users = _neighbours.MAX_ITEMS + 1
+    users, items = np.arange(n_users), np.arange(n_users) % 2
+    ratings = np.random.default_rng(0).integers(1, 6, n_users).astype(float)
+    params = dict(rank=1, max_iter=3, validation_fraction=0.0, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = RatingsCompleter(**params).fit(users, items, ratings)
+    assert model.n_user_neighbours_ == 0 and model.user_similarities_ is None
+    assert model.n_neighbours_ == 40 and model.item_similarities_.shape == (2, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        with pytest.warns(UserWarning, match=r"user_neighbours=5 is ignored: with 10001 users"):
+            RatingsCompleter(user_neighbours=5, **params).fit(users, items, ratings)
 
 
 # -- persistence and warm start --------------------------------------------------------------
@@ -249,16 +297,19 @@ def test_save_and_load_round_trip(fitted, tmp_path):
     model, (users, items, _) = fitted
     loaded = RatingsCompleter.load(model.save(tmp_path / "knn.npz"))
     assert loaded.n_neighbours_ == 3 and loaded.get_params()["neighbour_damping"] == 0.5
+    assert loaded.n_user_neighbours_ == 2
     np.testing.assert_array_equal(loaded.item_similarities_, model.item_similarities_)
+    np.testing.assert_array_equal(loaded.user_similarities_, model.user_similarities_)
     np.testing.assert_array_equal(loaded._residuals, model._residuals)
     r, c = np.meshgrid(np.arange(14), np.arange(11), indexing="ij")
     np.testing.assert_array_equal(loaded.predict(r.ravel(), c.ravel()), model.predict(r.ravel(), c.ravel()))
     np.testing.assert_array_equal(loaded.recommend(np.arange(14), k=3)[1], model.recommend(np.arange(14), k=3)[1])
     np.testing.assert_array_equal(loaded.recommend_for_ratings([1, 2], [5.0, 1.0])[1],
                                   model.recommend_for_ratings([1, 2], [5.0, 1.0])[1])
-    plain = _fit(neighbours=0)
+    plain = _fit(neighbours=0, user_neighbours=0)
     again = RatingsCompleter.load(plain.save(tmp_path / "plain.npz"))
     assert again.item_similarities_ is None and again.n_neighbours_ == 0
+    assert again.user_similarities_ is None and again.n_user_neighbours_ == 0
     np.testing.assert_array_equal(again.predict(r.ravel(), c.ravel()), plain.predict(r.ravel(), c.ravel()))
 
 
@@ -269,6 +320,10 @@ def test_a_damaged_file_with_mismatched_similarities_is_refused(fitted, tmp_path
     path = model_copy.save(tmp_path / "b.npz")
     with pytest.raises(ValueError, match="item_similarities_"):
         RatingsCompleter.load(path)
+    model_copy = RatingsCompleter.load(model.save(tmp_path / "e.npz"))
+    model_copy.user_similarities_ = model_copy.user_similarities_[:, :5]
+    with pytest.raises(ValueError, match="user_similarities_"):
+        RatingsCompleter.load(model_copy.save(tmp_path / "f.npz"))
     model_copy = RatingsCompleter.load(model.save(tmp_path / "c.npz"))
     model_copy._residuals = model_copy._residuals[:3]
     with pytest.raises(ValueError, match="residuals"):
@@ -283,6 +338,7 @@ def test_warm_start_recomputes_the_correction_for_the_continued_fit():
         warnings.simplefilter("ignore", ConvergenceWarning)
         model.set_params(warm_start=True).fit(*data)
     np.testing.assert_allclose(model.item_similarities_, longer.item_similarities_, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(model.user_similarities_, longer.user_similarities_, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(model.predict(*data[:2]), longer.predict(*data[:2]), rtol=1e-9)
     # new ratings (a new user): the residuals and similarities follow the new data
     users, items, ratings = data
@@ -316,3 +372,21 @@ def test_pure_functions_match_the_loops(n_users, n_items, k, shrinkage, damping,
             expected = _correction_by_hand(S, js, dense[u, js], i, k, damping)
             assert every[u, i] == pytest.approx(expected, abs=1e-12)
     np.testing.assert_allclose(pairs, every[rows[::-1], cols[::-1]], atol=1e-12)
+    # a new row: similarities to the fitted rows, then corrections at every column
+    new_cols = np.flatnonzero(rng.random(n_items) < 0.6)
+    new_res = rng.standard_normal(new_cols.size)
+    new_sims = _neighbours.new_row_similarities(observed, new_cols, new_res, shrinkage)
+    augmented = np.vstack([dense, np.zeros(n_items)])
+    augmented[n_users, new_cols] = new_res
+    flags = np.vstack([rated, np.zeros(n_items, bool)])
+    flags[n_users, new_cols] = True
+    by_hand = _similarities_by_hand(augmented.T, flags.T, shrinkage)  # users as columns
+    np.testing.assert_allclose(new_sims, by_hand[n_users, :n_users], rtol=1e-9, atol=1e-12)
+    by_column = sp.csr_matrix((residuals, (cols, rows)), shape=(n_items, n_users))
+    got = _neighbours.vector_corrections(new_sims, by_column, k, damping)
+    for i in range(n_items):
+        vs = np.flatnonzero(rated[:, i])
+        top = sorted(((new_sims[v], dense[v, i]) for v in vs), key=lambda t: -t[0])[:k]
+        denominator = sum(abs(t[0]) for t in top) + damping
+        expected = sum(t[0] * t[1] for t in top) / denominator if denominator > 0 else 0.0
+        assert got[i] == pytest.approx(expected, abs=1e-12)
