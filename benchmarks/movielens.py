@@ -229,7 +229,25 @@ ABLATION = [
     "scaled to unit norm, embedding step `feature_lr` times that of V. Validation (same carve): "
     "0.8995 without, 0.8981 / 0.8973 / 0.8968 at feature_lr 1 / 2 / 3, diverged at 10 (without the column "
     "scaling 1 and 10 diverged too); 2 chosen for its margin. On the test splits they "
-    "help u1, u3, u4 and u5 by 0.001..0.003 and hurt u2 by 0.021: not a default.",
+    "help u1, u3, u4 and u5 by 0.0015..0.003 and hurt u2 by 0.014 (with both kNN "
+    "corrections; 0.021 with the item one alone): not a default.",
+    "",
+    "User-kNN correction (`user_neighbours`, on by default) and seed ensembles, side by side "
+    "(`python benchmarks/ratings_knn_variants.py`; validation on the same carve decides, test "
+    "for the record):",
+    "",
+    "| variant | validation RMSE | u1 | u2 | u3 | u4 | u5 | test mean |",
+    "|---|---|---|---|---|---|---|---|",
+    "| deep model alone | 0.9020 | 0.9158 | 0.9027 | 0.8982 | 0.9034 | 0.9023 | 0.9045 |",
+    "| item kNN | 0.8995 | 0.9119 | 0.8994 | 0.8948 | 0.8994 | 0.8993 | 0.9010 |",
+    "| item + user kNN (default) | 0.8991 | 0.9107 | 0.8987 | 0.8938 | 0.8986 | 0.8985 | 0.9001 |",
+    "| 3-seed ensemble, item kNN | 0.8980 | 0.9106 | 0.8982 | 0.8941 | 0.8982 | 0.8984 | 0.8999 |",
+    "| 3-seed ensemble, item + user kNN | 0.8972 | 0.9095 | 0.8975 | 0.8931 | 0.8975 | 0.8974 | 0.8990 |",
+    "",
+    "The user correction improves every split (0.0007..0.0012) at ~0.1 s of fit time: adopted. "
+    "The 3-seed ensemble gains another 0.0011 but triples the fit time (~34 s, over the 30 s "
+    "budget): left out (average three `random_state`s by hand to get it). The issue's targets "
+    "(u1 <= 0.900, five-split <= 0.895) are still not met: 0.9107 and 0.9001.",
 ]
 
 METHODS = {"dmc": run_dmc, "dmc-no-knn": run_dmc_no_knn, "dmc-genres": run_dmc_genres,
