@@ -17,7 +17,7 @@ interpolated from the most similar items the user rated::
   the common users (surprise's ``pearson_baseline`` with the deep model as
   the baseline): RMSE 0.8991 against 0.9000, from 0.9015 uncorrected;
 * ``N_k(i; u)``: the ``k`` items with the largest ``s_ij`` among those user
-  ``u`` rated, ``i`` itself left out;
+  ``u`` rated, ``i`` itself left out (ties go to the lower column);
 * ``damping`` (> 0) shrinks the correction when the neighbours are few or
   weakly similar.
 
@@ -108,7 +108,8 @@ def user_corrections(similarities, targets, rated, residuals, k, damping):
     S[targets[:, None] == rated[None, :]] = -np.inf  # an item is not its own neighbour
     values = np.broadcast_to(residuals, S.shape)
     if k < rated.size:
-        top = np.argpartition(-S, k - 1, axis=1)[:, :k]
+        # a stable sort: among equal similarities the item rated first (lower column) wins
+        top = np.argsort(-S, axis=1, kind="stable")[:, :k]
         S = np.take_along_axis(S, top, axis=1)
         values = residuals[top]
     S = np.where(np.isfinite(S), S, 0.0)
