@@ -26,7 +26,12 @@ around it:
   the best validation RMSE: small-initialized deep factorizations learn
   singular directions one after another, so the stopping time acts as the
   rank and shrinkage choice on noisy data;
-* clipping of predictions to the observed rating range (``clip=True``).
+* clipping of predictions to the observed rating range (``clip=True``);
+* item- and user-kNN corrections of the fitted model's training residuals
+  (``neighbours``, ``user_neighbours``; ``dmc._neighbours``), added to
+  every prediction;
+* optional item side information (``fit(..., item_features=...)``),
+  learned as feature embeddings added to the item factors.
 
 Measured effects on MovieLens 100K are in ``benchmarks/README.md``
 (section "movielens") and in the docstring of :class:`RatingsCompleter`.
