@@ -44,6 +44,12 @@ __all__ = ["MAX_ITEMS", "item_similarities", "new_row_similarities", "pair_corre
 MAX_ITEMS = 10_000
 
 
+def _unit_scale(values):
+    """``values`` divided by their largest magnitude (unchanged when all zero)."""
+    largest = float(np.max(np.abs(values))) if values.size else 0.0
+    return values / largest if largest > 0 else values
+
+
 def item_similarities(rows, cols, residuals, n_items, shrinkage):
     """Shrunk residual cosine similarities between items, dense ``(n_items, n_items)``.
 
@@ -66,7 +72,9 @@ def item_similarities(rows, cols, residuals, n_items, shrinkage):
     """
     n_users = int(rows.max()) + 1 if rows.size else 0
     shape = (n_users, n_items)
-    R = sp.csr_matrix((residuals, (rows, cols)), shape=shape)
+    # the cosine does not see the scale: residuals of 1e300 or 1e-300 would
+    # overflow or underflow in the products
+    R = sp.csr_matrix((_unit_scale(residuals), (rows, cols)), shape=shape)
     B = sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=shape)
     products = (R.T @ R).toarray()
     norms = np.sqrt(np.asarray(R.multiply(R).sum(axis=0)).ravel())
@@ -164,8 +172,10 @@ def new_row_similarities(observed, rated, residuals, shrinkage):
         As :func:`item_similarities` would give between the new row and each
         fitted row (a missing entry counts as a zero residual).
     """
+    observed = observed.copy()
+    observed.data = _unit_scale(observed.data)
     dense = np.zeros(observed.shape[1])
-    dense[rated] = residuals
+    dense[rated] = _unit_scale(residuals)
     products = observed @ dense
     norms = np.sqrt(np.asarray(observed.multiply(observed).sum(axis=1)).ravel()) * np.linalg.norm(dense)
     flags = np.zeros(observed.shape[1])

@@ -390,3 +390,22 @@ def test_pure_functions_match_the_loops(n_users, n_items, k, shrinkage, damping,
         denominator = sum(abs(t[0]) for t in top) + damping
         expected = sum(t[0] * t[1] for t in top) / denominator if denominator > 0 else 0.0
         assert got[i] == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("magnitude", [1e300, 1e-300, 1e-310])
+def test_similarities_do_not_see_the_residuals_scale(magnitude):
+    """Residuals of extreme magnitude (ratings fitted at any float64 scale) neither overflow
+    nor underflow in the cosine's products."""
+    rng = np.random.default_rng(0)
+    rated = rng.random((9, 7)) < 0.7
+    rows, cols = np.nonzero(rated)
+    residuals = rng.standard_normal(rows.size)
+    reference = _neighbours.item_similarities(rows, cols, residuals, 7, 3.0)
+    np.testing.assert_allclose(_neighbours.item_similarities(rows, cols, residuals * magnitude, 7, 3.0),
+                               reference, rtol=1e-9, atol=1e-12)
+    observed = sp.csr_matrix((residuals * magnitude, (rows, cols)), shape=rated.shape)
+    plain = sp.csr_matrix((residuals, (rows, cols)), shape=rated.shape)
+    new = (np.array([0, 3, 5]), np.array([1.0, -2.0, 0.5]))
+    np.testing.assert_allclose(
+        _neighbours.new_row_similarities(observed, new[0], new[1] * magnitude, 3.0),
+        _neighbours.new_row_similarities(plain, *new, 3.0), rtol=1e-9, atol=1e-12)
