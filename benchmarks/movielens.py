@@ -1,6 +1,8 @@
 """MovieLens 100K: held-out RMSE/MAE and fit time of dmc against two peers.
 
-Runs :class:`dmc.ratings.RatingsCompleter`, scikit-surprise ``SVD``
+Runs :class:`dmc.ratings.RatingsCompleter` (defaults; ``dmc-no-knn`` without
+the item-kNN correction, ``dmc-genres`` with u.item's genres as item
+features), scikit-surprise ``SVD``
 (defaults), ``SVDpp`` (defaults) and ``KNNBaseline`` (item-based,
 pearson_baseline), and cmfrec ``CMF`` (k=10, lambda=10, the reference config;
 also with ``add_implicit_features=True``, an implicit-feedback peer) on the
@@ -66,17 +68,38 @@ def dmc_config(quick=False):
     return {"max_iter": 60, "n_iter_no_change": 3} if quick else {}
 
 
-def run_dmc(train, test, seed, quick):
+# where run_dmc_genres reads u.item (main sets it from --data)
+_DATA = {"path": DEFAULT_DATA}
+
+
+def run_dmc(train, test, seed, quick, *, fit_params=None, **params):
     import warnings
 
     from dmc.ratings import RatingsCompleter
 
-    model = RatingsCompleter(random_state=seed, **dmc_config(quick))
+    model = RatingsCompleter(random_state=seed, **dmc_config(quick), **params)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # --quick stops at max_iter on purpose
-        model.fit(*train)
+        model.fit(*train, **(fit_params or {}))
     pred = model.predict(test.users, test.items)
-    return pred, model.fit_time_, {"n_iter": int(model.n_iter_), "best_iter": int(model.best_iter_)}
+    extra = {"n_iter": int(model.n_iter_), "best_iter": int(model.best_iter_)}
+    if params or fit_params:
+        extra["config"] = ", ".join([f"{k}={v!r}" for k, v in params.items()]
+                                    + [f"fit({k}=...)" for k in fit_params or {}])
+    return pred, model.fit_time_, extra
+
+
+def run_dmc_no_knn(train, test, seed, quick):
+    """dmc without the kNN corrections of the residuals (the defaults before them)."""
+    return run_dmc(train, test, seed, quick, neighbours=0, user_neighbours=0)
+
+
+def run_dmc_genres(train, test, seed, quick):
+    """dmc with the 19 genre flags of u.item as item features (opt-in)."""
+    from dmc.datasets import load_movielens_100k_genres
+
+    genres = load_movielens_100k_genres(_DATA["path"])
+    return run_dmc(train, test, seed, quick, fit_params={"item_features": genres})
 
 
 def run_surprise(train, test, seed, quick):
@@ -191,9 +214,44 @@ ABLATION = [
     "default) still on its plateau after 3000 steps (0.956, the biases alone); weight decay "
     "on the factors < 0.001 change at 1e-6..1e-4, interactions erased from 1e-3 on (0.956); "
     "per-row preconditioning of U, V no change. Those were dropped.",
+    "",
+    "Item-kNN correction of the residuals (`neighbours`, on by default; tuned on a validation "
+    "carve of 10% of u1.base, seed 123, never on the test splits): validation RMSE 0.9015 "
+    "without it; with 40 neighbours, shrinkage 100, damping 1: 0.8991 with the plain cosine of "
+    "the residual columns (chosen), 0.9000 with the cosine restricted to the common users "
+    "(surprise's pearson_baseline with the deep model as baseline); damping 0.5 / 2 / 5 gave "
+    "0.8984 / 0.8999 / 0.9007, shrinkage 25 / 50 / 200 0.8985 / 0.8986 / 0.8997, 100 "
+    "neighbours 0.8993, positive similarities only 0.8989: all within ~0.001, the "
+    "KNNBaseline-like defaults kept. It adds about 1 s to a fit (the similarities, 0.5 s) and "
+    "0.2 s to predicting 20,000 pairs.",
+    "",
+    "Item genres (`dmc-genres`, opt-in): the 19 flags of u.item as item features, columns "
+    "scaled to unit norm, embedding step `feature_lr` times that of V. Validation (same carve): "
+    "0.8995 without, 0.8981 / 0.8973 / 0.8968 at feature_lr 1 / 2 / 3, diverged at 10 (without the column "
+    "scaling 1 and 10 diverged too); 2 chosen for its margin. On the test splits they "
+    "help u1, u3, u4 and u5 by 0.0015..0.003 and hurt u2 by 0.014 (with both kNN "
+    "corrections; 0.021 with the item one alone): not a default.",
+    "",
+    "User-kNN correction (`user_neighbours`, on by default) and seed ensembles, side by side "
+    "(`python benchmarks/ratings_knn_variants.py`; validation on the same carve decides, test "
+    "for the record):",
+    "",
+    "| variant | validation RMSE | u1 | u2 | u3 | u4 | u5 | test mean |",
+    "|---|---|---|---|---|---|---|---|",
+    "| deep model alone | 0.9020 | 0.9158 | 0.9027 | 0.8982 | 0.9034 | 0.9023 | 0.9045 |",
+    "| item kNN | 0.8995 | 0.9119 | 0.8994 | 0.8948 | 0.8994 | 0.8993 | 0.9010 |",
+    "| item + user kNN (default) | 0.8991 | 0.9107 | 0.8987 | 0.8938 | 0.8986 | 0.8985 | 0.9001 |",
+    "| 3-seed ensemble, item kNN | 0.8980 | 0.9106 | 0.8982 | 0.8941 | 0.8982 | 0.8984 | 0.8999 |",
+    "| 3-seed ensemble, item + user kNN | 0.8972 | 0.9095 | 0.8975 | 0.8931 | 0.8975 | 0.8974 | 0.8990 |",
+    "",
+    "The user correction improves every split (0.0007..0.0012) at ~0.1 s of fit time: adopted. "
+    "The 3-seed ensemble gains another 0.0011 but triples the fit time (~34 s, over the 30 s "
+    "budget): left out (average three `random_state`s by hand to get it). The issue's targets "
+    "(u1 <= 0.900, five-split <= 0.895) are still not met: 0.9107 and 0.9001.",
 ]
 
-METHODS = {"dmc": run_dmc, "surprise-svd": run_surprise, "surprise-svdpp": run_surprise_svdpp,
+METHODS = {"dmc": run_dmc, "dmc-no-knn": run_dmc_no_knn, "dmc-genres": run_dmc_genres,
+           "surprise-svd": run_surprise, "surprise-svdpp": run_surprise_svdpp,
            "surprise-knnbaseline": run_surprise_knn_baseline, "cmfrec": run_cmfrec,
            "cmfrec-implicit": run_cmfrec_implicit}
 
@@ -268,8 +326,11 @@ def render_section(results):
         "",
         "Published u1 RMSE for reference: GC-MC 0.910, IGMC 0.905, GLocal-K 0.889.",
         "",
-        f"dmc settings: `RatingsCompleter({results['dmc_config'] or ''})` (defaults), "
-        f"random_state={results['seed']}. Versions: "
+        f"dmc settings: `RatingsCompleter({results['dmc_config'] or ''})` (defaults, the "
+        "item-kNN correction of the residuals included), random_state="
+        f"{results['seed']}; dmc-no-knn: `neighbours=0` (the defaults before the correction); "
+        "dmc-genres: the defaults plus `fit(..., item_features=load_movielens_100k_genres(path))` "
+        "(the 19 genre flags of u.item, opt-in). Versions: "
         + ", ".join(f"{k} {v}" for k, v in results["versions"].items() if v) + ".",
     ]
     notes = results.get("notes")
@@ -314,6 +375,7 @@ def main(argv=None):
 
     from dmc.datasets import load_movielens_100k
 
+    _DATA["path"] = args.data
     splits = args.splits or (["u1"] if args.quick else ["u1", "u2", "u3", "u4", "u5"])
     methods = ["dmc"] if args.no_peers else (args.methods or list(METHODS))
     unknown = sorted(set(methods) - set(METHODS))

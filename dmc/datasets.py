@@ -3,7 +3,8 @@
 :func:`make_low_rank` and :func:`uniform_mask` draw the synthetic problems
 of the paper and the benchmarks; :func:`fetch_movielens_100k` downloads the
 MovieLens 100K archive once and :func:`load_movielens_100k` reads its
-official train/test splits.
+official train/test splits, :func:`load_movielens_100k_genres` the movies'
+genre flags.
 """
 
 from __future__ import annotations
@@ -269,6 +270,87 @@ def load_movielens_100k(path, split="u1") -> RatingsSplit:
     shape = (int(max(train.users.max(), test.users.max())),
              int(max(train.items.max(), test.items.max())))
     return RatingsSplit(train, test, shape)
+
+
+MOVIELENS_100K_GENRES = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance",
+    "Sci-Fi", "Thriller", "War", "Western")
+
+
+class ItemFeatures(_NamedTuple):
+    """Side information on items: one feature vector per item id.
+
+    The form :meth:`dmc.RatingsCompleter.fit` takes as ``item_features``
+    (a pandas DataFrame indexed by item id works too).
+
+    Attributes
+    ----------
+    ids : ndarray, shape (n_items,)
+        Item ids, each once, as in the ratings.
+    values : ndarray of float64, shape (n_items, n_features)
+        Row ``p`` describes item ``ids[p]`` (e.g. 0/1 genre flags).
+    names : tuple of str
+        The features' names, ``n_features`` of them.
+    """
+
+    ids: np.ndarray
+    values: np.ndarray
+    names: tuple
+
+
+def load_movielens_100k_genres(path) -> ItemFeatures:
+    """The 19 genre flags of the MovieLens 100K movies, from ``u.item``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``ml-100k`` folder (as for :func:`load_movielens_100k`).
+
+    Returns
+    -------
+    ItemFeatures
+        ``ids``: the 1,682 movie ids (int64, as in the ratings files);
+        ``values``: 0/1 flags, shape (1682, 19), a movie may have several
+        genres; ``names``: :data:`MOVIELENS_100K_GENRES` (the order of
+        ``u.genre``).
+
+    Raises
+    ------
+    FileNotFoundError
+        No ``u.item`` in ``path``.
+    ValueError
+        A line without an id and 19 trailing 0/1 flags.
+
+    Examples
+    --------
+    >>> genres = load_movielens_100k_genres("ml-100k")   # doctest: +SKIP
+    >>> model = RatingsCompleter().fit(*data.train, item_features=genres)   # doctest: +SKIP
+    """
+    file = _Path(path) / "u.item"
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"{_Path(path)} lacks u.item; pass the ml-100k folder of the GroupLens archive "
+            "(fetch_movielens_100k() downloads it).")
+    n = len(MOVIELENS_100K_GENRES)
+    ids, flags = [], []
+    # titles are Latin-1; the fields used here are ASCII
+    for number, line in enumerate(file.read_text(encoding="latin-1").splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("|")
+        if len(fields) < n + 1 or any(f not in ("0", "1") for f in fields[-n:]) or not fields[0].isdigit():
+            raise ValueError(f"{file}, line {number}: expected 'id|title|...|' and {n} 0/1 genre "
+                             f"flags separated by '|'; got {line[:80]!r}.")
+        ids.append(int(fields[0]))
+        flags.append([int(f) for f in fields[-n:]])
+    if not ids:
+        raise ValueError(f"{file} holds no movies.")
+    return ItemFeatures(np.array(ids, dtype=np.int64), np.array(flags, dtype=np.float64),
+                        MOVIELENS_100K_GENRES)
+
+
+__all__ += ["ItemFeatures", "MOVIELENS_100K_GENRES", "load_movielens_100k_genres"]
 
 
 def _data_home(data_home=None) -> _Path:

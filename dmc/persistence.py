@@ -243,6 +243,29 @@ def _check_observed(estimator, users, items):
         raise _Damaged("its observed pairs are missing or do not match the ids")
 
 
+def _check_neighbours(estimator, users, items):
+    """RatingsCompleter's kNN corrections: residuals per training pair, n x n similarities.
+
+    Files saved before the correction existed hold neither (their models
+    predict without it).
+    """
+    residuals = getattr(estimator, "_residuals", None)
+    if residuals is not None and (not isinstance(residuals, np.ndarray) or residuals.dtype.kind != "f"
+                                  or residuals.shape != estimator._observed[0].shape):
+        raise _Damaged(f"its training residuals (shape {_shape(residuals)}) do not match its "
+                       f"{estimator._observed[0].size} training pairs")
+    for count_name, name, size, kind in (("n_neighbours_", "item_similarities_", items[0], "items"),
+                                         ("n_user_neighbours_", "user_similarities_", users[0], "users")):
+        count = getattr(estimator, count_name, 0)
+        if not (isinstance(count, int) and not isinstance(count, bool) and count >= 0):
+            raise _Damaged(f"{count_name} is {count!r}, not an integer >= 0")
+        similarities = getattr(estimator, name, None)
+        if count and (residuals is None or not isinstance(similarities, np.ndarray)
+                      or similarities.dtype.kind != "f" or _shape(similarities) != (size, size)):
+            raise _Damaged(f"its {name} (shape {_shape(similarities)}) do not match its {size} "
+                           f"{kind}, or its training residuals are missing")
+
+
 def _check_state(estimator):
     """The fitted arrays must fit together (a tampered file could pair any arrays)."""
     name = type(estimator).__name__
@@ -284,6 +307,11 @@ def _check_state(estimator):
             raise _Damaged(f"its factors ({rows}, {cols}), biases and ids ({users}, {items}) "
                            "do not fit together")
         _check_observed(estimator, users, items)
+        _check_neighbours(estimator, users, items)
+        embeddings = getattr(estimator, "feature_factors_", None)
+        if embeddings is not None and (len(_shape(embeddings)) != 2 or _shape(embeddings)[1] != cols[1]):
+            raise _Damaged(f"its feature_factors_ (shape {_shape(embeddings)}) do not fit together "
+                           f"with its column factors ({cols})")
         low_high = getattr(estimator, "rating_range_", None)
         if not (isinstance(low_high, tuple) and len(low_high) == 2
                 and all(isinstance(v, float) for v in low_high)):

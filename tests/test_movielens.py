@@ -23,7 +23,9 @@ needs_data = pytest.mark.skipif(
     not (ML100K / "u1.base").is_file(),
     reason=f"MovieLens 100K not found at {ML100K} (../shared/data/ml-100k relative to the repo)")
 
-FAST = dict(rank=3, init_scale=0.1, max_iter=300, n_iter_no_change=5, random_state=0)
+# the deep model alone (neighbours=0); the kNN correction: test_ratings_neighbours.py
+FAST = dict(rank=3, init_scale=0.1, max_iter=300, n_iter_no_change=5, random_state=0, neighbours=0,
+            user_neighbours=0)
 
 
 def _toy(n_users=40, n_items=30, rank=2, fraction=0.5, seed=0, noise=0.1):

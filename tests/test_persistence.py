@@ -414,6 +414,8 @@ def test_ratings_state_checks_one_at_a_time(ratings_file, tmp_path):
         "_observed.0  ": observed[0] + (12 - observed[0].max()),
         "_observed.1  ": observed[1] + (10 - observed[1].max()),
     }
+    with pytest.raises(ValueError, match="training residuals"):
+        _edited_load(RatingsCompleter, path, tmp_path, arrays={"_residuals": model._residuals[:-1]})
     for name, value in bad_arrays.items():
         with pytest.raises(ValueError, match="do not fit together|observed pairs"):
             _edited_load(RatingsCompleter, path, tmp_path, arrays={name.strip(): value})
@@ -430,7 +432,8 @@ def test_ratings_state_checks_one_at_a_time(ratings_file, tmp_path):
         with pytest.raises(ValueError, match=message):
             _edited_load(RatingsCompleter, path, tmp_path, state_changes=state)
     empty = _edited_load(RatingsCompleter, path, tmp_path,
-                         arrays={"_observed.0": observed[0][:0], "_observed.1": observed[1][:0]})
+                         arrays={"_observed.0": observed[0][:0], "_observed.1": observed[1][:0],
+                                 "_residuals": model._residuals[:0]})
     assert empty._observed[0].size == 0
 
 

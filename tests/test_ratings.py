@@ -14,7 +14,9 @@ import pytest
 from dmc import ConvergenceWarning, RatingsCompleter
 from dmc.ratings import _as_1d, _pairs, _rating_shift, _triplets
 
-FAST = dict(rank=2, max_iter=20, record_every=5, n_iter_no_change=3, random_state=0)
+# the deep model alone (neighbours=0); the kNN correction: test_ratings_neighbours.py
+FAST = dict(rank=2, max_iter=20, record_every=5, n_iter_no_change=3, random_state=0, neighbours=0,
+            user_neighbours=0)
 
 
 def _toy(n_users=12, n_items=10, seed=0):
@@ -339,7 +341,9 @@ def test_documented_defaults():
         bias_penalty=5.0, bias_lr=0.5, bias_warmup=20, weight_decay=0.0, validation_fraction=0.1,
         n_iter_no_change=20, refit=True, clip=True, rating_range=None, max_iter=3000,
         record_every=10, callbacks=None, verbose=0, random_state=None, implicit_feedback=True,
-        warm_start=False)
+        warm_start=False, neighbours="auto", user_neighbours="auto", neighbour_shrinkage=100.0,
+        neighbour_damping=1.0,
+        feature_lr=2.0)
 
 
 def test_learning_rate_hand_computed():

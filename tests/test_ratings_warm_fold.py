@@ -26,7 +26,9 @@ def ratings():
 
 
 def _fit(data, **kw):
-    params = dict(rank=3, validation_fraction=0.0, max_iter=100, random_state=0)
+    # the deep model alone; fold-in with the kNN correction: test_ratings_neighbours.py
+    params = dict(rank=3, validation_fraction=0.0, max_iter=100, random_state=0, neighbours=0,
+                  user_neighbours=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         return RatingsCompleter(**{**params, **kw}).fit(*data)
