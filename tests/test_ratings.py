@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from dmc import ConvergenceWarning, RatingsCompleter
+from _toy_ratings import toy_ratings
 from dmc.ratings import _as_1d, _pairs, _rating_shift, _triplets
 
 # the deep model alone (neighbours=0); the kNN correction: test_ratings_neighbours.py
@@ -20,12 +21,7 @@ FAST = dict(rank=2, max_iter=20, record_every=5, n_iter_no_change=3, random_stat
 
 
 def _toy(n_users=12, n_items=10, seed=0):
-    rng = np.random.default_rng(seed)
-    users, items = np.meshgrid(np.arange(n_users), np.arange(n_items), indexing="ij")
-    keep = rng.random(users.shape) < 0.6
-    users, items = users[keep], items[keep]
-    ratings = np.clip(np.round(3 + rng.standard_normal(users.size)), 1, 5)
-    return users, items, ratings
+    return toy_ratings(n_users, n_items, seed)
 
 
 def _fit(**params):

@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dmc import _neighbours
+from _toy_ratings import toy_ratings
 from dmc.ratings import RatingsCompleter
 from dmc.solver import ConvergenceWarning
 
@@ -21,12 +22,7 @@ FAST = dict(rank=2, max_iter=30, record_every=5, n_iter_no_change=3, random_stat
 
 
 def _toy(n_users=14, n_items=11, seed=0):
-    rng = np.random.default_rng(seed)
-    users, items = np.meshgrid(np.arange(n_users), np.arange(n_items), indexing="ij")
-    keep = rng.random(users.shape) < 0.6
-    users, items = users[keep], items[keep]
-    ratings = np.clip(np.round(3 + rng.standard_normal(users.size)), 1, 5)
-    return users, items, ratings
+    return toy_ratings(n_users, n_items, seed)
 
 
 def _fit(data=None, **params):
