@@ -564,3 +564,15 @@ def test_preconditioned_dampings_are_taken_at_the_damping_scale():
 def test_preconditioned_scale_floor_validation(bad):
     with pytest.raises(ValueError, match="scale_floor"):
         steps.PreconditionedStep(scale_floor=bad)
+
+
+@pytest.mark.xfail(strict=True, reason="known limit (issue 10 notes, stop 20): with the subspace "
+                   "refresh, the last digits of small exact fits decay polynomially (loss 9.6e-12 at "
+                   "step 1,200, 1.9e-12 at 6,000), so tol is not reached; without the refresh it is")
+@pytest.mark.filterwarnings("ignore::dmc.ConvergenceWarning")
+def test_preconditioned_rule_with_refresh_reaches_tol():
+    M, mask = make_low_rank((30, 40), 3, 0.6, condition_number=10.0, random_state=1)
+    params = dict(rank=4, step_rule="preconditioned", max_iter=3000, random_state=1)
+    without_refresh = DeepMatrixCompleter(refresh_every=None, **params).fit(M, mask)
+    assert without_refresh.converged_  # the comparison point: plain preconditioning gets there
+    assert DeepMatrixCompleter(**params).fit(M, mask).converged_
