@@ -17,7 +17,7 @@ from .datasets import _rng
 from .exceptions import not_fitted
 from .metrics import check_factor_pair, factor_recovery_error, recovery_error, rmse
 from .observations import Observations
-from .refresh import SubspaceRefresh
+from .refresh import RefreshSchedule, SubspaceRefresh
 from .solver import ConvergenceWarning, gradient_descent
 
 __all__ = ["DeepMatrixCompleter"]
@@ -197,10 +197,14 @@ class DeepMatrixCompleter(BaseCompleter):
         grew are re-aimed at the top singular pairs of the current residual,
         which is where gradient descent from a tiny start would grow the next
         direction; on matrices whose small singular directions the initial
-        gradient misses, this replaces a plateau per direction.  ``"auto"``:
-        every 300 steps with ``step_rule="preconditioned"``, never otherwise
+        gradient misses, this replaces a plateau per direction.  Once the
+        relative residual is below 1e-5 the never-grown directions are also
+        pruned, so that exact fits reach ``tol``.  ``"auto"``: with
+        ``step_rule="preconditioned"``, every 100 steps and as soon as the
+        fit stalls (:class:`dmc.refresh.RefreshSchedule`); never otherwise
         (with the adaptive rule it was measured not to help) and never in
-        distributed fits (not implemented there yet).  ``None``: never.
+        distributed fits (not implemented there yet).  An integer: every
+        that many steps, with any step rule.  ``None``: never.
     width : int, optional
         Width of the ``"original"`` model; default ``max(m, n)``.
     normalize : bool, default=True
@@ -568,9 +572,9 @@ class DeepMatrixCompleter(BaseCompleter):
             def loss_and_gradients(f):
                 return models.sparse_loss_and_gradients(f, pattern, values)
 
-        every = self._refresh_every(rule)
-        refresh = None if every is None else SubspaceRefresh(
-            lambda A, B: pattern.residual_products(A, B, values), backend.xp, every=every,
+        schedule = self._refresh_schedule(rule)
+        refresh = None if schedule is None else SubspaceRefresh(
+            lambda A, B: pattern.residual_products(A, B, values), backend.xp, schedule=schedule,
             observed_fraction=p, random_state=rng)
 
         metrics = {}
@@ -633,14 +637,18 @@ class DeepMatrixCompleter(BaseCompleter):
         return steps.make_step_rule(_DEFAULT_STEP_RULE if self.method == "compressed"
                                     else "constant")
 
-    def _refresh_every(self, rule):
-        """Steps between subspace refreshes in this fit, or None."""
+    def _refresh_schedule(self, rule):
+        """When this fit refreshes its subspace (a RefreshSchedule), or None for never."""
         if self.method != "compressed" or self.distributed:  # not distributed yet
             return None
         if self.refresh_every == "auto":
             inner = rule.rule if isinstance(rule, steps.Momentum) else rule
-            return 300 if isinstance(inner, steps.PreconditionedStep) else None
-        return self.refresh_every
+            # every 100 steps and on stalls: see RefreshSchedule for the measurements
+            return RefreshSchedule(100, stall_window=20) if isinstance(
+                inner, steps.PreconditionedStep) else None
+        if self.refresh_every is None:
+            return None
+        return RefreshSchedule(self.refresh_every, stall_window=None)
 
     # -- using the fit -------------------------------------------------------
     def _check_fitted(self):

@@ -197,6 +197,11 @@ def _progress(verbose, max_iter):
     return _BarProgress(tqdm, max_iter)
 
 
+def _refresh_due(refresh, iteration):
+    schedule = getattr(refresh, "schedule", None)
+    return schedule.due(iteration) if schedule is not None else iteration % refresh.every == 0
+
+
 # Overflow between records is reported as a DivergenceError with advice at the
 # next record, not as NumPy RuntimeWarnings from deep inside a step.
 @np.errstate(over="ignore", invalid="ignore")
@@ -260,11 +265,14 @@ def gradient_descent(
     verbose : int
         0: silent; 1: progress bar; 2: a line per record (module docstring).
     refresh : callable, optional
-        ``factors -> int`` with an ``every`` attribute, e.g.
-        :class:`dmc.refresh.SubspaceRefresh`: called before every
+        ``factors -> int`` with an ``every`` attribute: called before every
         ``every``-th step, it may rewrite the factors in place and returns
         how many directions it changed; the step rule then starts afresh
-        (its state, such as momentum, belongs to the old factors).
+        (its state, such as momentum, belongs to the old factors).  One with
+        a ``schedule`` (:class:`dmc.refresh.SubspaceRefresh` and its
+        :class:`dmc.refresh.RefreshSchedule`) is called when the schedule
+        says so instead, as ``refresh(factors, residual)`` with the last
+        recorded relative residual, and the schedule sees every record.
 
     Returns
     -------
@@ -281,11 +289,12 @@ def gradient_descent(
     reason = None
     arrays = factors.arrays()
     rule_state = step_rule.init(factors, context)
+    schedule = getattr(refresh, "schedule", None)  # a RefreshSchedule; else every refresh.every
     iteration = 0
     with _deferred_interrupt() as interrupt, _progress(verbose, max_iter) as progress:
         while True:
-            if refresh is not None and iteration and iteration % refresh.every == 0:
-                replaced = refresh(factors)
+            if refresh is not None and iteration and _refresh_due(refresh, iteration):
+                replaced = refresh(factors, residual) if schedule is not None else refresh(factors)
                 resolved = getattr(refresh, "resolved_scale", None)
                 if context is not None and resolved != context.resolved_scale:
                     context = dataclasses.replace(context, resolved_scale=resolved)
@@ -319,6 +328,8 @@ def gradient_descent(
                 for key, value in record.items():
                     records[key].append(value)
                 residual = math.sqrt(2.0 * loss_value) / observed_norm
+                if schedule is not None:
+                    schedule.observe(iteration, residual)
                 if math.sqrt(2.0 * loss_value) <= tol * observed_norm:
                     reason = "tol"
                 elif interrupt["set"]:

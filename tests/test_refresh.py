@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from dmc import DeepMatrixCompleter, models, steps
 from dmc.backend import make_pattern, observed_triplets
 from dmc.datasets import make_low_rank
-from dmc.refresh import SubspaceRefresh, rebalance, residual_top_pairs
+from dmc.refresh import RefreshSchedule, SubspaceRefresh, rebalance, residual_top_pairs
 from dmc.solver import ConvergenceWarning, gradient_descent
 
 
@@ -157,10 +157,14 @@ def test_refresh_recovers_the_direction_the_initial_gradient_misses(seed):
 
 def test_auto_refresh_follows_the_step_rule():
     model = DeepMatrixCompleter()
-    assert model._refresh_every(steps.make_step_rule("preconditioned")) == 300
-    assert model._refresh_every(steps.make_step_rule("adaptive")) is None
-    assert DeepMatrixCompleter(refresh_every=50)._refresh_every(steps.make_step_rule("adaptive")) == 50
-    assert DeepMatrixCompleter(method="narrow")._refresh_every(
+    auto = model._refresh_schedule(steps.make_step_rule("preconditioned"))
+    assert (auto.every, auto.stall_window) == (100, 20)
+    assert model._refresh_schedule(steps.make_step_rule("adaptive")) is None
+    fixed = DeepMatrixCompleter(refresh_every=50)._refresh_schedule(steps.make_step_rule("adaptive"))
+    assert (fixed.every, fixed.stall_window) == (50, None)
+    assert DeepMatrixCompleter(refresh_every=None)._refresh_schedule(
+        steps.make_step_rule("preconditioned")) is None
+    assert DeepMatrixCompleter(method="narrow")._refresh_schedule(
         steps.make_step_rule("preconditioned")) is None
 
 
@@ -290,3 +294,135 @@ def test_subspace_refresh_checks_margin_and_observed_fraction():
     for bad in (0, 1.5, None):
         with pytest.raises(ValueError, match="observed_fraction"):
             SubspaceRefresh(lambda a, b: None, np, observed_fraction=bad)
+
+
+def _dead_and_live(seed=0, dead_size=1e-6):
+    """Two grown directions and four small ones, on a 50 x 40 problem."""
+    rng = np.random.default_rng(seed)
+    M, mask = make_low_rank((50, 40), 3, 0.6, random_state=3)
+    obs, _ = observed_triplets(M, mask)
+    pattern = make_pattern(obs, np.float64)
+    k, depth = 6, 3
+    U = models.random_orthogonal(50, k, rng)
+    V = models.random_orthogonal(40, k, rng)
+    sizes = np.array([2.0, 1.0] + [dead_size] * 4) ** (1.0 / depth)
+    factors = models.DeepFactors(U, [np.diag(sizes) for _ in range(depth)], V)
+    return factors, lambda a, b: pattern.residual_products(a, b, obs.values)
+
+
+@pytest.mark.parametrize("residual, pruned", [(None, False), (0.5, False), (1e-4, False),
+                                              (9e-6, True), (1e-12, True)])
+def test_refresh_prunes_the_dead_directions_only_near_the_end(residual, pruned):
+    factors, products = _dead_and_live()
+    refresh = SubspaceRefresh(products, np, every=10, random_state=4)  # prune_below=1e-5
+    assert refresh(factors, residual) == 4
+    s = np.linalg.svd(models.inner_product(factors.inner), compute_uv=False)
+    np.testing.assert_allclose(s[:2], [2.0, 1.0], rtol=1e-10)  # the live ones untouched
+    # the chain's singular values of the re-aimed columns (their lengths are
+    # those of the live columns, so the chain's values are the ones to check)
+    expected = 1e-9 * 2.0 if pruned else 1e-6
+    np.testing.assert_allclose(s[2:], expected, rtol=1e-8)
+
+
+def test_refresh_pruning_can_be_switched_off_and_never_raises_a_direction():
+    factors, products = _dead_and_live(dead_size=1e-12)  # already below prune_to * top
+    assert SubspaceRefresh(products, np, every=10, random_state=4)(factors, 1e-9) == 4
+    s = np.linalg.svd(models.inner_product(factors.inner), compute_uv=False)
+    np.testing.assert_allclose(s[2:], 1e-12, rtol=1e-8)
+    factors, products = _dead_and_live()
+    assert SubspaceRefresh(products, np, every=10, prune_below=None, random_state=4)(factors, 1e-9) == 4
+    s = np.linalg.svd(models.inner_product(factors.inner), compute_uv=False)
+    np.testing.assert_allclose(s[2:], 1e-6, rtol=1e-8)
+
+
+def test_schedule_every_n_steps_without_stall_detection():
+    schedule = RefreshSchedule(4, stall_window=None)
+    due = []
+    for iteration in range(1, 14):
+        schedule.observe(iteration, 1.0)  # flat: a stall, ignored without a window
+        due.append(schedule.due(iteration))
+    assert [i for i, d in zip(range(1, 14), due) if d] == [4, 8, 12]
+
+
+def test_schedule_fires_on_a_stall_and_not_while_the_residual_falls():
+    schedule = RefreshSchedule(100, stall_window=20, stall_ratio=0.9)
+    # records every 10 steps; the residual halves every 10 steps until step 40, then
+    # falls by 5% per 10 steps: 0.9025 over 20 steps, above 0.9, a stall
+    residuals = {0: 1.0, 10: 0.5, 20: 0.25, 30: 0.125, 40: 0.0625, 50: 0.0625 * 0.95,
+                 60: 0.0625 * 0.95**2}
+    fired = []
+    for iteration in range(1, 70):
+        if schedule.due(iteration):
+            fired.append(iteration)
+        if iteration in residuals:
+            schedule.observe(iteration, residuals[iteration])
+    # first chance after the record at 60 (0.9025 of the record at 40): step 61
+    assert fired == [61]
+    # after a refresh the window starts again: flat records, but no stall before 20 steps
+    later = []
+    for iteration in range(62, 100):
+        if schedule.due(iteration):
+            later.append(iteration)
+        schedule.observe(iteration, 1.0)
+    assert later == [83]  # the record at 82 against the first one after the refresh, at 62
+
+
+def test_schedule_stall_compares_with_a_record_a_full_window_back():
+    schedule = RefreshSchedule(1000, stall_window=20, stall_ratio=0.9)
+    schedule.observe(0, 1.0)
+    schedule.observe(10, 0.95)  # only 10 steps back: no comparison yet
+    assert not schedule.due(15)
+    schedule.observe(20, 0.89)  # 0.89 of the record 20 steps back: falling, not stalled
+    assert not schedule.due(21)
+    schedule.observe(30, 0.88)  # 0.926 of the record at 10: stalled
+    assert schedule.due(31)
+
+
+@pytest.mark.parametrize("kwargs, match", [(dict(every=0), "every"), (dict(stall_window=0), "stall_window"),
+                                           (dict(stall_window=2.5), "stall_window"),
+                                           (dict(stall_ratio=1.0), "stall_ratio"),
+                                           (dict(stall_ratio=0), "stall_ratio")])
+def test_schedule_parameter_checks(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        RefreshSchedule(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, match", [(dict(prune_below=1.0), "prune_below"),
+                                           (dict(prune_below=-1e-3), "prune_below"),
+                                           (dict(prune_to=0.0), "prune_to")])
+def test_refresh_prune_parameter_checks(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SubspaceRefresh(lambda a, b: None, np, **kwargs)
+
+
+def test_solver_follows_the_schedule_and_passes_the_residual():
+    M, mask = make_low_rank((20, 15), 2, 0.6, random_state=0)
+    obs, _ = observed_triplets(M, mask)
+    pattern = make_pattern(obs, np.float64)
+    rng = np.random.default_rng(0)
+    factors = models.init_compressed(models.random_orthogonal(20, 4, rng),
+                                     models.random_orthogonal(15, 4, rng), 3, 0.1)
+    calls = []
+
+    class Refresh:
+        schedule = RefreshSchedule(6, stall_window=None)
+        every = 6
+
+        def __call__(self, f, residual):
+            calls.append(residual)
+            return 0
+
+    observed = []
+    original_observe = Refresh.schedule.observe
+    Refresh.schedule.observe = lambda i, r: (observed.append((i, r)), original_observe(i, r))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        result = gradient_descent(factors, lambda f: models.sparse_loss_and_gradients(f, pattern, obs.values),
+                                  [1e-4] * 5, max_iter=20, tol=0.0, observed_norm=2.0,
+                                  record_every=5, refresh=Refresh())
+    # records at 0, 5, 10, 15, 20; refreshes before steps 6, 12, 18
+    assert [i for i, _ in observed] == [0, 5, 10, 15, 20]
+    losses = result.history["train_loss"]
+    np.testing.assert_allclose([r for _, r in observed], np.sqrt(2 * losses) / 2.0)
+    # each refresh sees the residual of the last record before it (steps 5, 10, 15)
+    np.testing.assert_allclose(calls, [observed[1][1], observed[2][1], observed[3][1]])

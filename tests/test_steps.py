@@ -566,12 +566,13 @@ def test_preconditioned_scale_floor_validation(bad):
         steps.PreconditionedStep(scale_floor=bad)
 
 
-@pytest.mark.xfail(strict=True, reason="known limit (issue 10 notes, stop 20): with the subspace "
-                   "refresh, the last digits of small exact fits decay polynomially (loss 9.6e-12 at "
-                   "step 1,200, 1.9e-12 at 6,000), so tol is not reached; without the refresh it is")
 @pytest.mark.filterwarnings("ignore::dmc.ConvergenceWarning")
-def test_preconditioned_rule_with_refresh_reaches_tol():
-    M, mask = make_low_rank((30, 40), 3, 0.6, condition_number=10.0, random_state=1)
+@pytest.mark.parametrize("seed", [0, 1, 3])
+def test_preconditioned_rule_with_refresh_reaches_tol(seed):
+    # Before pruning (dmc.refresh, step 4), a direction that grew a little
+    # after a re-aim had to shrink back polynomially: the loss crawled from
+    # 9.6e-12 at step 1,200 to 1.9e-12 at 6,000 and tol was never reached.
+    M, mask = make_low_rank((30, 40), 3, 0.6, condition_number=10.0, random_state=seed)
     params = dict(rank=4, step_rule="preconditioned", max_iter=3000, random_state=1)
     without_refresh = DeepMatrixCompleter(refresh_every=None, **params).fit(M, mask)
     assert without_refresh.converged_  # the comparison point: plain preconditioning gets there
