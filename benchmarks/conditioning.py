@@ -214,7 +214,7 @@ def main(argv=None):
         f"or 'not in N (error)': the target was not met in the N steps run before the cap "
         f"(dmc {caps['dmc_max_iter']:,} steps, peers {caps['peer_max_iter']:,}, all {caps['wall_cap_s']:g} s "
         "wall per fit), with the error reached. dmc: compressed, depth 3, default settings, "
-        "`step_rule` as named (`preconditioned` refreshes the subspace every 300 steps, "
+        "`step_rule` as named (`preconditioned` refreshes the subspace every 100 steps and as soon as the fit stalls, with pruning near the end, "
         "`refresh_every=\"auto\"`; the no-refresh row sets `refresh_every=None`). Peers (benchmarks/_peers.py, same loss 1/(2p) ||P_Omega(L R^T - M)||^2): "
         "BM-GD and ScaledGD from the spectral start (rank-`budget` truncated SVD of P_Omega(M)/p); "
         f"ScaledGD(lambda) from L0, R0 = {P.SGDL_INIT_SCALE:g} sqrt(s_1) x Gaussian / sqrt(m or n), "
