@@ -555,7 +555,7 @@ class DeepMatrixCompleter(BaseCompleter):
         context = steps.StepContext(
             lr=lr, outer_ratio=self.gamma if self.method == "compressed" else 1.0,
             target_scale=float(unit_singular_values[0] / relative / p), observed_fraction=p,
-            xp=backend.xp)
+            xp=backend.xp, observed_per_line=obs.sparse_line_count())
 
         if self.method == "original":
             observed_mask = to_namespace(obs.mask().astype(float_name), backend)

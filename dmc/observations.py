@@ -56,6 +56,19 @@ class Observations:
         m, n = self.shape
         return self.n_observed / (m * n)
 
+    def sparse_line_count(self, quantile=0.1) -> float:
+        """Observed entries in a sparsely observed row or column.
+
+        The ``quantile`` of the per-row counts and of the per-column counts,
+        whichever is smaller (empty rows and columns count as 0).  How far a
+        Newton-like step sized for ``p`` times the full Gram matrix may be
+        trusted depends on it (:class:`dmc.steps.PreconditionedStep`).
+        """
+        m, n = self.shape
+        rows = np.bincount(self.observed_rows, minlength=m)
+        cols = np.bincount(self.observed_cols, minlength=n)
+        return float(min(np.quantile(rows, quantile), np.quantile(cols, quantile)))
+
     @property
     def row_pointers(self) -> np.ndarray:
         """CSR index pointer of the observed pattern, shape (m + 1,)."""

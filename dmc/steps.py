@@ -84,6 +84,11 @@ class StepContext:
         resolve, from the last subspace refresh
         (:attr:`dmc.refresh.SubspaceRefresh.resolved_scale`); None before
         the first one.  :class:`PreconditionedStep` lowers its damping to it.
+    observed_per_line : float or None
+        Observed entries in a sparsely observed row or column
+        (:meth:`dmc.observations.Observations.sparse_line_count`, the 10th
+        percentile); None when unknown.  ``PreconditionedStep(outer="auto")``
+        takes long outer steps only where it is at least the width k.
     """
 
     lr: float
@@ -93,6 +98,7 @@ class StepContext:
     xp: object = np
     row_sum: object = None
     resolved_scale: float | None = None
+    observed_per_line: float | None = None
 
 
 def sum_over_rows(context, partial):
@@ -291,20 +297,31 @@ class PreconditionedStep:
         squared size of the products at the target scale.
     newton : float, default=0.5
         Fraction of the Newton step taken on learned directions.
-    outer : float, default=0.3
+    outer : "auto" or float, default="auto"
         Step of the preconditioned outer factors relative to the inner ones.
         The Newton step of ``left`` or ``right`` alone is ``1 / p``, ``L``
         times the inner one, so ``outer / L`` of the Newton step turns the
-        subspace towards the data, and at 0.3 this rotation is the slowest
-        mode of a well-sampled fit.  Larger is faster there (600 x 500, rank
-        4, 25%, budget 8, steps to recovery error 1e-6 at kappa = 1 / 10 /
-        100 / 1000, refreshes every 300 steps: 400 / 670 / 1,380 / 2,000
-        with 0.3, 180 / 480 / 1,220 / 1,510 with 1.0, 140 / 450 / 1,230 /
-        1,510 with 1.5) but diverges on low samples: 100 x 100, rank 5, 20%
-        observed, budget 25, and 40 x 60, rank 3, 25%, budget 8, diverged on
-        4 of 8 seeds with 1.0 and 3 of 8 with 0.6, none with 0.3 (where
-        sampling is far from ``p`` times the identity on the fit's tangent
-        space, the Newton step of ``1 / p`` is too long).
+        subspace towards the data.  ``"auto"``: 1.5 when a sparsely observed
+        row or column (the 10th percentile of the counts,
+        ``context.observed_per_line``) holds at least k observed entries, 0.3
+        otherwise or when the count is unknown.  The long step is faster and
+        recovers more on low samples, as long as it is stable; it is not
+        where rows hold fewer entries than k (each row's sampled Gram matrix
+        is then far from ``p`` times the full one, and a step of ``1 / p``
+        overshoots).  Measured (compressed, depth 3, tol 1e-6, three seeds;
+        rho = that count over k; recovery error or divergence):
+
+        - 600 x 500, rank 4, 25%, budget 8 (rho 7.8), steps to recovery
+          error 1e-6 at kappa = 1 / 10 / 100 / 1000, refreshes every 300
+          steps: 400 / 670 / 1,380 / 2,000 with 0.3, 180 / 480 / 1,220 /
+          1,510 with 1.0, 140 / 450 / 1,230 / 1,510 with 1.5;
+        - 100 x 100, rank 5, budget 10, 30% (rho 1.2): 1.5 reached 2-3e-6 in
+          about 500 steps, 0.3 stopped at 5e-3 to 5e-2 after 8,000, 0.54 at
+          7e-4 to 2e-2; rank 3, budget 5, 20% (rho 1.5): 1.5 2-5e-6, 0.3 3-7e-2;
+        - diverged with 1.5: 100 x 100, rank 5, budget 25, 20% (rho 0.3, three
+          of three) and budget 10, 20% (rho 0.74, two of three); with 0.3
+          none (they end at recovery errors 0.2-0.3 either way); 1.0 and 0.6
+          diverged there too.
     tau : float, default=0.2
         Bound on the relative change of the inner factors per step.
     outer_damping : float, default=1e-3
@@ -335,15 +352,23 @@ class PreconditionedStep:
     3e-7 with the default).
     """
 
-    def __init__(self, damping=1e-2, newton=0.5, outer=0.3, tau=0.2, outer_damping=1e-3,
+    # outer="auto": the long outer step where every row and column is well
+    # sampled, the short one elsewhere (see the class docstring)
+    long_outer, short_outer = 1.5, 0.3
+
+    def __init__(self, damping=1e-2, newton=0.5, outer="auto", tau=0.2, outer_damping=1e-3,
                  scale_floor=1e-3):
-        for name, value, low, high in (("damping", damping, 0, math.inf),
-                                       ("newton", newton, 0, 2), ("outer", outer, 0, 2),
-                                       ("tau", tau, 0, 1), ("scale_floor", scale_floor, 0, 1)):
+        checks = [("damping", damping, 0, math.inf), ("newton", newton, 0, 2), ("tau", tau, 0, 1),
+                  ("scale_floor", scale_floor, 0, 1)]
+        if not (isinstance(outer, str) and outer == "auto"):
+            if isinstance(outer, str):
+                raise ValueError(f'outer must be "auto" or a number in (0, 2); got {outer!r}.')
+            checks.append(("outer", outer, 0, 2))
+        for name, value, low, high in checks:
             if not is_real(value) or not low < value < high:
                 raise ValueError(f"{name} must be a number in ({low}, {high}); got {value!r}.")
-        self.damping, self.newton, self.outer, self.tau = (float(damping), float(newton),
-                                                            float(outer), float(tau))
+        self.damping, self.newton, self.tau = float(damping), float(newton), float(tau)
+        self.outer = outer if isinstance(outer, str) else float(outer)
         if not (is_real(outer_damping) and 0 < outer_damping < math.inf):
             raise ValueError(f"outer_damping must be a positive number; got {outer_damping!r}.")
         self.outer_damping = float(outer_damping)
@@ -369,7 +394,15 @@ class PreconditionedStep:
         k, first = factors.inner[0].shape[0], factors.inner[0]
         eye = context.xp.eye(k, dtype=first.dtype, device=device(first))
         return {"context": context, "dampings": dampings, "eta_max": eta_max, "eta": eta_max,
-                "eye": eye}
+                "eye": eye, "outer": self.outer_step(k, context)}
+
+    def outer_step(self, k, context):
+        """The outer factors' step relative to the inner one, ``outer`` resolved."""
+        if self.outer != "auto":
+            return self.outer
+        per_line = getattr(context, "observed_per_line", None)
+        well_sampled = per_line is not None and per_line >= k
+        return self.long_outer if well_sampled else self.short_outer
 
     def update(self, factors, grads, state):
         context, xp = state["context"], state["context"].xp
@@ -402,7 +435,7 @@ class PreconditionedStep:
         outer_left_gram = product_right @ right_gram @ product_right.T
         outer_right_gram = product_right.T @ left_gram @ product_right
         lam = dampings[depth]
-        outer_step = self.outer * eta
+        outer_step = state["outer"] * eta
         # G (A + lam I)^-1 through the k x k inverse: the Grams are symmetric,
         # and solve(A, G.T).T with an m x k G cost 7x more (measured: 560
         # against 80 us at k = 16, m = 600; half of a whole step)

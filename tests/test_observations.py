@@ -230,3 +230,18 @@ def test_sorted_csr_is_read_in_place_without_coo(monkeypatch):
     _check(as_observations(A))
     with pytest.raises(AssertionError, match="through COO"):
         as_observations(A.tocsc())
+
+
+def test_sparse_line_count_is_the_smaller_quantile_of_row_and_column_counts():
+    # rows 0..4 hold 5, 4, 3, 2, 0 entries; columns 0..5 hold 4, 4, 3, 2, 1, 0
+    rows, cols = [], []
+    for i, count in enumerate([5, 4, 3, 2, 0]):
+        rows += [i] * count
+        cols += list(range(count))
+    obs = Observations((5, 6), np.array(rows), np.array(cols), np.ones(len(rows)))
+    # np.quantile's linear rule by hand: rows sorted 0 2 3 4 5, q = 0.5 -> 3;
+    # columns sorted 0 1 2 3 4 4, q = 0.5 -> 2.5
+    assert obs.sparse_line_count(0.5) == 2.5
+    # q = 0.1: rows 0 + 0.4 * (2 - 0) = 0.8; columns 0 + 0.5 * 1 = 0.5
+    assert obs.sparse_line_count() == pytest.approx(0.5)
+    assert obs.sparse_line_count(1.0) == 4.0  # the fullest column, below the fullest row

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dmc import DeepMatrixCompleter, models, steps
+from dmc import DeepMatrixCompleter, DivergenceError, models, steps
 from dmc.backend import make_pattern, observed_triplets
 from dmc.datasets import make_low_rank
 from dmc.solver import ConvergenceWarning, gradient_descent
@@ -367,7 +367,7 @@ def test_preconditioned_parameter_ranges(name, value):
 def test_preconditioned_defaults_and_init_hand_computed():
     rule = steps.PreconditionedStep()
     assert (rule.damping, rule.newton, rule.outer, rule.tau, rule.outer_damping) == (
-        1e-2, 0.5, 0.3, 0.2, 1e-3)
+        1e-2, 0.5, "auto", 0.2, 1e-3)
     edge = steps.PreconditionedStep(damping=1e9, newton=1.999, outer=1.999, tau=0.999)
     assert edge.newton == 1.999
     factors = _diagonal_factors([[1.0, 1.0, 1.0]] * 2)
@@ -379,6 +379,59 @@ def test_preconditioned_defaults_and_init_hand_computed():
     np.testing.assert_array_equal(state["eye"], np.eye(3))
     with pytest.raises(ValueError, match="at least one inner factor"):
         rule.init(models.DeepFactors(np.ones((3, 2)), [], np.ones((2, 2))), _context())
+
+
+@pytest.mark.parametrize("per_line, expected", [(None, 0.3), (0.0, 0.3), (2.99, 0.3), (3.0, 1.5),
+                                                (40.0, 1.5)])
+def test_preconditioned_auto_outer_step_follows_the_sparse_lines(per_line, expected):
+    factors = _diagonal_factors([[1.0, 1.0, 1.0]] * 2)  # k = 3
+    state = steps.PreconditionedStep().init(factors, _context(observed_per_line=per_line))
+    assert state["outer"] == expected
+    # a number is used as given, whatever the sampling
+    fixed = steps.PreconditionedStep(outer=0.7).init(factors, _context(observed_per_line=40.0))
+    assert fixed["outer"] == 0.7
+
+
+def test_preconditioned_outer_step_scales_the_outer_updates():
+    rng = np.random.default_rng(1)
+    f = _random_factors(rng, 6, 5, 3, 2)
+    grads = _random_factors(rng, 6, 5, 3, 2)
+    updates = {}
+    for per_line in (None, 10.0):
+        rule = steps.PreconditionedStep()
+        state = rule.init(f, _context(observed_per_line=per_line))
+        copies = models.DeepFactors.from_arrays([g.copy() for g in grads.arrays()])
+        updates[per_line], _ = rule.update(f, copies, state)
+    # inner updates alike; outer ones 1.5 / 0.3 = 5 times longer when well sampled
+    for a, b in zip(updates[None][1:-1], updates[10.0][1:-1]):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    for a, b in ((updates[None][0], updates[10.0][0]), (updates[None][-1], updates[10.0][-1])):
+        np.testing.assert_allclose(b, 5.0 * a, rtol=1e-12)
+
+
+@pytest.mark.parametrize("bad", ["fast", "AUTO", None, 0.0, 2.5])
+def test_preconditioned_outer_validation(bad):
+    with pytest.raises(ValueError, match="outer must be"):
+        steps.PreconditionedStep(outer=bad)
+
+
+@pytest.mark.filterwarnings("ignore::dmc.ConvergenceWarning")
+def test_preconditioned_auto_outer_step_is_stable_and_long_where_it_may_be():
+    # 100 x 100, rank 5, rank budget 25 (k = 50), 20% observed: about 20 entries
+    # per row, fewer than k: the long outer step diverged here (measured), auto
+    # takes the short one
+    M, mask = make_low_rank((100, 100), 5, 0.2, random_state=0)
+    with pytest.raises(DivergenceError):
+        DeepMatrixCompleter(rank=25, step_rule=steps.PreconditionedStep(outer=1.5), max_iter=8000,
+                            tol=1e-6, random_state=0).fit(M, mask)
+    DeepMatrixCompleter(rank=25, step_rule="preconditioned", max_iter=8000, tol=1e-6,
+                        random_state=0).fit(M, mask)  # no DivergenceError
+    # 100 x 100, rank 3, budget 5 (k = 10), 30%: about 24 per row, the long step
+    # recovers where the short one stalls (measured 1e-2 after 8,000 steps)
+    M, mask = make_low_rank((100, 100), 3, 0.3, random_state=1)
+    fit = DeepMatrixCompleter(rank=5, step_rule="preconditioned", max_iter=2000, tol=1e-6,
+                              random_state=0).fit(M, mask)
+    assert np.linalg.norm(fit.transform() - M) / np.linalg.norm(M) < 1e-4
 
 
 def test_preconditioned_eta_capped_by_the_newton_step():
