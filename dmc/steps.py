@@ -88,7 +88,7 @@ class StepContext:
         Observed entries in a sparsely observed row or column
         (:meth:`dmc.observations.Observations.sparse_line_count`, the 10th
         percentile); None when unknown.  ``PreconditionedStep(outer="auto")``
-        takes long outer steps only where it is at least the width k.
+        takes long outer steps only where it is at least twice the width k.
     """
 
     lr: float
@@ -303,12 +303,12 @@ class PreconditionedStep:
         times the inner one, so ``outer / L`` of the Newton step turns the
         subspace towards the data.  ``"auto"``: 1.5 when a sparsely observed
         row or column (the 10th percentile of the counts,
-        ``context.observed_per_line``) holds at least k observed entries, 0.3
-        otherwise or when the count is unknown.  The long step is faster and
-        recovers more on low samples, as long as it is stable; it is not
-        where rows hold fewer entries than k (each row's sampled Gram matrix
-        is then far from ``p`` times the full one, and a step of ``1 / p``
-        overshoots).  Measured (compressed, depth 3, tol 1e-6, three seeds;
+        ``context.observed_per_line``) holds at least 2 k observed entries,
+        0.3 otherwise or when the count is unknown.  The long step is faster
+        and recovers more on low samples, as long as it is stable; it is not
+        where rows hold few entries for k columns (each row's sampled Gram
+        matrix is then far from ``p`` times the full one, and a step of
+        ``1 / p`` overshoots).  Measured (compressed, depth 3, tol 1e-6, three seeds;
         rho = that count over k; recovery error or divergence):
 
         - 600 x 500, rank 4, 25%, budget 8 (rho 7.8), steps to recovery
@@ -321,7 +321,9 @@ class PreconditionedStep:
         - diverged with 1.5: 100 x 100, rank 5, budget 25, 20% (rho 0.3, three
           of three) and budget 10, 20% (rho 0.74, two of three); with 0.3
           none (they end at recovery errors 0.2-0.3 either way); 1.0 and 0.6
-          diverged there too.
+          diverged there too; 100 x 100, rank 5, budget 10, 30% with early
+          stopping (rho 1.1 on the 90% fitted) diverged at step 1,510 with
+          1.5, hence the margin of 2.
     tau : float, default=0.2
         Bound on the relative change of the inner factors per step.
     outer_damping : float, default=1e-3
@@ -401,7 +403,9 @@ class PreconditionedStep:
         if self.outer != "auto":
             return self.outer
         per_line = getattr(context, "observed_per_line", None)
-        well_sampled = per_line is not None and per_line >= k
+        # 2k, not k: at 1.1-1.5 k the long step converged without early
+        # stopping but diverged with it (100 x 100, rank 5, budget 10, 30%)
+        well_sampled = per_line is not None and per_line >= 2 * k
         return self.long_outer if well_sampled else self.short_outer
 
     def update(self, factors, grads, state):

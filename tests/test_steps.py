@@ -381,8 +381,8 @@ def test_preconditioned_defaults_and_init_hand_computed():
         rule.init(models.DeepFactors(np.ones((3, 2)), [], np.ones((2, 2))), _context())
 
 
-@pytest.mark.parametrize("per_line, expected", [(None, 0.3), (0.0, 0.3), (2.99, 0.3), (3.0, 1.5),
-                                                (40.0, 1.5)])
+@pytest.mark.parametrize("per_line, expected", [(None, 0.3), (0.0, 0.3), (3.0, 0.3), (5.99, 0.3),
+                                                (6.0, 1.5), (40.0, 1.5)])
 def test_preconditioned_auto_outer_step_follows_the_sparse_lines(per_line, expected):
     factors = _diagonal_factors([[1.0, 1.0, 1.0]] * 2)  # k = 3
     state = steps.PreconditionedStep().init(factors, _context(observed_per_line=per_line))
@@ -418,7 +418,7 @@ def test_preconditioned_outer_validation(bad):
 @pytest.mark.filterwarnings("ignore::dmc.ConvergenceWarning")
 def test_preconditioned_auto_outer_step_is_stable_and_long_where_it_may_be():
     # 100 x 100, rank 5, rank budget 25 (k = 50), 20% observed: about 20 entries
-    # per row, fewer than k: the long outer step diverged here (measured), auto
+    # per row, fewer than 2k: the long outer step diverged here (measured), auto
     # takes the short one
     M, mask = make_low_rank((100, 100), 5, 0.2, random_state=0)
     with pytest.raises(DivergenceError):
