@@ -93,6 +93,20 @@ def test_recovery_error_histories_agree(problem, step_rule, tolerance):
 
 
 @needs_torch
+def test_refresh_schedule_and_pruning_agree_on_torch():
+    # the stall-triggered refreshes and the pruning near the end (dmc.refresh)
+    # run on torch tensors: same steps, same completed matrix as NumPy
+    M, mask = make_low_rank((30, 40), 3, 0.6, condition_number=10.0, random_state=1)
+    params = dict(rank=4, step_rule="preconditioned", max_iter=3000, random_state=1)
+    reference = DeepMatrixCompleter(**params).fit(M, mask)
+    tensor = DeepMatrixCompleter(**params).fit(torch.from_numpy(M), torch.from_numpy(mask))
+    assert reference.converged_ and tensor.converged_
+    assert tensor.n_iter_ == reference.n_iter_
+    np.testing.assert_allclose(tensor.transform(as_numpy=True), reference.transform(), rtol=0,
+                               atol=1e-8 * np.abs(M).max())
+
+
+@needs_torch
 def test_float32_reaches_the_float32_floor(problem):
     M, mask = problem
     model = _fit(torch.from_numpy(M.astype(np.float32)), torch.from_numpy(mask), tol=1e-5,

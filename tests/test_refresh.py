@@ -426,3 +426,31 @@ def test_solver_follows_the_schedule_and_passes_the_residual():
     np.testing.assert_allclose([r for _, r in observed], np.sqrt(2 * losses) / 2.0)
     # each refresh sees the residual of the last record before it (steps 5, 10, 15)
     np.testing.assert_allclose(calls, [observed[1][1], observed[2][1], observed[3][1]])
+
+
+@settings(max_examples=60, deadline=None)
+@given(every=st.integers(1, 60), window=st.one_of(st.none(), st.integers(1, 40)),
+       record_every=st.integers(1, 15),
+       factors=st.lists(st.floats(0.5, 1.2), min_size=1, max_size=40))
+def test_schedule_invariants(every, window, record_every, factors):
+    # residuals follow random factors per record; the solver's order: due() before
+    # the step, then a record at that step
+    schedule = RefreshSchedule(every, stall_window=window, stall_ratio=0.9)
+    residual, fired, last = 1.0, [], 0
+    n_steps = record_every * len(factors)
+    for iteration in range(1, n_steps + 1):
+        if schedule.due(iteration):
+            gap = iteration - last
+            assert gap <= every  # never later than `every` after the last one
+            if window is None:
+                assert gap == every
+            else:
+                assert gap == every or gap >= window  # a stall needs a full window
+            fired.append(iteration)
+            last = iteration
+        if iteration % record_every == 0:
+            residual *= factors[iteration // record_every - 1]
+            schedule.observe(iteration, residual)
+    # with no stall detection the refreshes are exactly the multiples of `every`
+    if window is None:
+        assert fired == list(range(every, n_steps + 1, every))
