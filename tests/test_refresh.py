@@ -66,24 +66,35 @@ def test_residual_top_pairs_match_dense_svd(kernels):
         assert (u[:, i] @ U[:, i]) * (v[:, i] @ Vt[i]) == pytest.approx(1.0, abs=1e-6)
 
 
-def test_refresh_reaims_dead_directions_at_the_residual():
-    rng = np.random.default_rng(0)
+def _dead_and_live(seed=0, dead_size=1e-6, rotate=False):
+    """Two grown directions (singular values 2 and 1) and four small ones
+    (``dead_size``), on a 50 x 40 problem; ``rotate`` puts a random rotation
+    in the last inner factor, so the chain is not diagonal.  Returns the
+    factors, the pattern's ``residual_products`` and the observations."""
+    rng = np.random.default_rng(seed)
     M, mask = make_low_rank((50, 40), 3, 0.6, random_state=3)
     obs, _ = observed_triplets(M, mask)
     pattern = make_pattern(obs, np.float64)
     k, depth = 6, 3
-    # two grown directions (singular values ~1) and four never grown (1e-9)
     U = models.random_orthogonal(50, k, rng)
     V = models.random_orthogonal(40, k, rng)
-    sizes = np.array([2.0, 1.0, 1e-9, 1e-9, 1e-9, 1e-9]) ** (1.0 / depth)
-    rotation = models.random_orthogonal(k, k, rng)
-    inner = [np.diag(sizes) for _ in range(depth - 1)] + [rotation @ np.diag(sizes)]
+    sizes = np.array([2.0, 1.0] + [dead_size] * 4) ** (1.0 / depth)
+    inner = [np.diag(sizes) for _ in range(depth)]
+    if rotate:
+        inner[-1] = models.random_orthogonal(k, k, rng) @ inner[-1]
     factors = models.DeepFactors(U, inner, V)
+    return factors, (lambda a, b: pattern.residual_products(a, b, obs.values)), obs
+
+
+def test_refresh_reaims_dead_directions_at_the_residual():
+    # two grown directions (singular values ~1) and four never grown (1e-9)
+    factors, products, obs = _dead_and_live(dead_size=1e-9, rotate=True)
+    k, depth = 6, 3
+    U, V = factors.left, factors.right  # the refresh rewrites them in place
     before = models.end_to_end(factors)
     R = _dense_residual(obs, factors.left @ models.inner_product(factors.inner), factors.right)
 
-    refresh = SubspaceRefresh(lambda a, b: pattern.residual_products(a, b, obs.values), np,
-                              every=10, random_state=4)
+    refresh = SubspaceRefresh(products, np, every=10, random_state=4)
     assert refresh(factors) == 4
     after = models.end_to_end(factors)
     np.testing.assert_allclose(after, before, atol=1e-6 * np.abs(before).max())
@@ -109,13 +120,19 @@ def test_refresh_reaims_dead_directions_at_the_residual():
     assert refresh(grown) == 0
 
 
-def test_solver_calls_refresh_every_n_steps_and_restarts_the_rule():
+def _small_solver_problem():
+    """A 20 x 15, rank-2, 60%-observed problem, its pattern and small compressed factors (k = 4)."""
     M, mask = make_low_rank((20, 15), 2, 0.6, random_state=0)
     obs, _ = observed_triplets(M, mask)
     pattern = make_pattern(obs, np.float64)
     rng = np.random.default_rng(0)
     factors = models.init_compressed(models.random_orthogonal(20, 4, rng),
                                      models.random_orthogonal(15, 4, rng), 3, 0.1)
+    return obs, pattern, factors
+
+
+def test_solver_calls_refresh_every_n_steps_and_restarts_the_rule():
+    obs, pattern, factors = _small_solver_problem()
     calls, inits = [], []
 
     class Refresh:
@@ -255,12 +272,7 @@ def test_resolved_scale_is_none_when_nothing_stands_clear():
 
 
 def test_solver_restarts_the_rule_at_the_resolved_scale():
-    M, mask = make_low_rank((20, 15), 2, 0.6, random_state=0)
-    obs, _ = observed_triplets(M, mask)
-    pattern = make_pattern(obs, np.float64)
-    rng = np.random.default_rng(0)
-    factors = models.init_compressed(models.random_orthogonal(20, 4, rng),
-                                     models.random_orthogonal(15, 4, rng), 3, 0.1)
+    obs, pattern, factors = _small_solver_problem()
     measured = iter([None, 0.25, 0.25, 0.125])
     seen = []
 
@@ -296,24 +308,10 @@ def test_subspace_refresh_checks_margin_and_observed_fraction():
             SubspaceRefresh(lambda a, b: None, np, observed_fraction=bad)
 
 
-def _dead_and_live(seed=0, dead_size=1e-6):
-    """Two grown directions and four small ones, on a 50 x 40 problem."""
-    rng = np.random.default_rng(seed)
-    M, mask = make_low_rank((50, 40), 3, 0.6, random_state=3)
-    obs, _ = observed_triplets(M, mask)
-    pattern = make_pattern(obs, np.float64)
-    k, depth = 6, 3
-    U = models.random_orthogonal(50, k, rng)
-    V = models.random_orthogonal(40, k, rng)
-    sizes = np.array([2.0, 1.0] + [dead_size] * 4) ** (1.0 / depth)
-    factors = models.DeepFactors(U, [np.diag(sizes) for _ in range(depth)], V)
-    return factors, lambda a, b: pattern.residual_products(a, b, obs.values)
-
-
 @pytest.mark.parametrize("residual, pruned", [(None, False), (0.5, False), (1e-4, False),
                                               (9e-6, True), (1e-12, True)])
 def test_refresh_prunes_the_dead_directions_only_near_the_end(residual, pruned):
-    factors, products = _dead_and_live()
+    factors, products, _ = _dead_and_live()
     refresh = SubspaceRefresh(products, np, every=10, random_state=4)  # prune_below=1e-5
     assert refresh(factors, residual) == 4
     s = np.linalg.svd(models.inner_product(factors.inner), compute_uv=False)
@@ -325,11 +323,11 @@ def test_refresh_prunes_the_dead_directions_only_near_the_end(residual, pruned):
 
 
 def test_refresh_pruning_can_be_switched_off_and_never_raises_a_direction():
-    factors, products = _dead_and_live(dead_size=1e-12)  # already below prune_to * top
+    factors, products, _ = _dead_and_live(dead_size=1e-12)  # already below prune_to * top
     assert SubspaceRefresh(products, np, every=10, random_state=4)(factors, 1e-9) == 4
     s = np.linalg.svd(models.inner_product(factors.inner), compute_uv=False)
     np.testing.assert_allclose(s[2:], 1e-12, rtol=1e-8)
-    factors, products = _dead_and_live()
+    factors, products, _ = _dead_and_live()
     assert SubspaceRefresh(products, np, every=10, prune_below=None, random_state=4)(factors, 1e-9) == 4
     s = np.linalg.svd(models.inner_product(factors.inner), compute_uv=False)
     np.testing.assert_allclose(s[2:], 1e-6, rtol=1e-8)
@@ -396,12 +394,7 @@ def test_refresh_prune_parameter_checks(kwargs, match):
 
 
 def test_solver_follows_the_schedule_and_passes_the_residual():
-    M, mask = make_low_rank((20, 15), 2, 0.6, random_state=0)
-    obs, _ = observed_triplets(M, mask)
-    pattern = make_pattern(obs, np.float64)
-    rng = np.random.default_rng(0)
-    factors = models.init_compressed(models.random_orthogonal(20, 4, rng),
-                                     models.random_orthogonal(15, 4, rng), 3, 0.1)
+    obs, pattern, factors = _small_solver_problem()
     calls = []
 
     class Refresh:
