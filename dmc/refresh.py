@@ -113,7 +113,7 @@ def _orthonormalise(X, xp, against=None):
     return Q * xp.where(signs == 0, xp.ones_like(signs), signs)
 
 
-def residual_top_pairs(residual_products, A, B, n_pairs, rng, xp, *, n_iter=4, oversample=4):
+def residual_top_pairs(residual_products, A, B, n_pairs, rng, xp, *, n_iter=2, oversample=4):
     """Top singular pairs of ``R = P_Omega(A @ B.T - M)`` by randomized subspace iteration.
 
     Parameters
@@ -127,8 +127,13 @@ def residual_top_pairs(residual_products, A, B, n_pairs, rng, xp, *, n_iter=4, o
     rng : numpy.random.Generator
         Draws the starting block.
     xp : array namespace
-    n_iter : int
+    n_iter : int, default=2
         Power iterations (each one application of ``R`` and one of ``R^T``).
+        The pairs only aim new directions that gradient descent then
+        adjusts: with 2 instead of 4 the conditioning fits (600 x 500, rank
+        4, 25%, budgets 4 / 8 / 16, kappa 1 to 1000) took the same steps
+        within 10 and the refreshes cost half (they were a fifth of a
+        kappa-100 fit's time).
     oversample : int
         Extra columns carried along for accuracy.
 
