@@ -94,11 +94,12 @@ def _after_plateau(stopper):
     return callback
 
 
-def _max_iter_message(max_iter, tol, residual, early_stopping, train_loss):
+def _max_iter_message(max_iter, tol, residual, early_stopping, train_loss, preconditioned=False):
     """The ConvergenceWarning of a fit that reached ``max_iter``, with what to try.
 
     ``train_loss`` is the recorded loss history (its second half tells a
-    stalled fit from one still descending).
+    stalled fit from one still descending); ``preconditioned`` says whether
+    the fit already used :class:`dmc.steps.PreconditionedStep`.
     """
     if early_stopping:
         return (f"the validation RMSE still improved within the last n_iter_no_change records "
@@ -115,6 +116,13 @@ def _max_iter_message(max_iter, tol, residual, early_stopping, train_loss):
                     "low-rank model fits exactly: fitting longer fits the noise. Try "
                     "early_stopping=True (stops at the best error on held-out entries), or "
                     "dmc.RatingsCompleter for (user, item, rating) data.")
+        if not preconditioned:
+            # an exact but ill-conditioned matrix stalls the same way (each small
+            # singular direction waits on its own plateau under the adaptive rule)
+            message += (" If the data are (nearly) exactly low rank with singular values "
+                        "spread over decades, the fit is waiting for its small directions "
+                        "instead: try step_rule=\"preconditioned\" (with early_stopping=True "
+                        "on noisy data).")
     return message
 
 
@@ -606,9 +614,11 @@ class DeepMatrixCompleter(BaseCompleter):
                 start_time=start, verbose=int(self.verbose), refresh=refresh,
             )
         if result.stop_reason == "max_iter":
+            inner_rule = rule.rule if isinstance(rule, steps.Momentum) else rule
             warnings.warn(_max_iter_message(self.max_iter, self.tol, result.residual,
                                             self.early_stopping,
-                                            result.history["train_loss"]),
+                                            result.history["train_loss"],
+                                            isinstance(inner_rule, steps.PreconditionedStep)),
                           ConvergenceWarning, stacklevel=2)
         self.best_iter_ = result.n_iter
         if self.early_stopping and stopper.best_state is not None:

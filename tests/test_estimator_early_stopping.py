@@ -114,6 +114,32 @@ def test_max_iter_on_noisy_data_suggests_early_stopping():
     assert "RatingsCompleter" in str(caught[0].message)
 
 
+@pytest.mark.filterwarnings("ignore::dmc.ConvergenceWarning")
+def test_max_iter_on_an_ill_conditioned_matrix_suggests_the_preconditioned_rule():
+    # exact rank 4, singular values over a factor 30: the adaptive rule stalls
+    # (measured recovery error 0.32 after 4,000 steps) and the residual looks
+    # like noise; the warning names both causes, and the advice works
+    M, mask = make_low_rank((300, 250), 4, 0.3, condition_number=30, random_state=0)
+    with pytest.warns(ConvergenceWarning, match="early_stopping=True") as caught:
+        DeepMatrixCompleter(rank=8, max_iter=1500, random_state=0).fit(M, mask)
+    assert 'step_rule="preconditioned"' in str(caught[0].message)
+    fit = DeepMatrixCompleter(rank=8, step_rule="preconditioned", max_iter=1500,
+                              random_state=0).fit(M, mask)
+    assert np.linalg.norm(fit.transform() - M) / np.linalg.norm(M) < 1e-5
+
+
+@pytest.mark.parametrize("preconditioned", [False, True])
+def test_stalled_message_suggests_the_preconditioned_rule_only_when_not_in_use(preconditioned):
+    from dmc.estimator import _max_iter_message
+
+    stalled = np.array([100.0, 10.0, 1.0, 0.5, 0.5, 0.5])  # halved, then flat
+    message = _max_iter_message(100, 1e-7, 0.3, False, stalled, preconditioned)
+    assert "early_stopping=True" in message
+    assert ('step_rule="preconditioned"' in message) is not preconditioned
+    descending = np.array([100.0, 10.0, 1.0, 0.1, 0.01, 0.001])
+    assert "step_rule" not in _max_iter_message(100, 1e-7, 0.3, False, descending)
+
+
 def test_max_iter_on_exact_data_still_descending_gives_no_noise_advice():
     M, mask = make_low_rank((40, 36), 2, 0.5, random_state=0)
     with pytest.warns(ConvergenceWarning, match="max_iter=60") as caught:
