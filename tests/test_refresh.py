@@ -447,3 +447,29 @@ def test_schedule_invariants(every, window, record_every, factors):
     # with no stall detection the refreshes are exactly the multiples of `every`
     if window is None:
         assert fired == list(range(every, n_steps + 1, every))
+
+
+def _fire_gaps(schedule, residual_after_refresh, n_steps=600):
+    """Gaps between refreshes when every record (each step) shows ``residual``,
+    which ``residual_after_refresh(r)`` updates at each refresh."""
+    residual, fired, last = 1.0, [], 0
+    for iteration in range(1, n_steps + 1):
+        if schedule.due(iteration):
+            fired.append(iteration - last)
+            last = iteration
+            residual = residual_after_refresh(residual)
+        schedule.observe(iteration, residual)
+    return fired
+
+
+def test_schedule_backs_off_after_refreshes_that_do_not_help():
+    # a flat residual (a noise floor): every window is a stall; after three
+    # unhelpful refreshes in a row each further one doubles the window, up to every
+    flat = _fire_gaps(RefreshSchedule(100, stall_window=10), lambda r: r)
+    # the first refresh waits for a record 10 steps after the first one (at step 1)
+    assert flat[:4] == [12, 11, 11, 11]
+    assert flat[4:8] == [21, 41, 81, 100]
+    assert set(flat[8:]) == {100}
+    # refreshes that help (the residual halves at each) keep the window short
+    helping = _fire_gaps(RefreshSchedule(100, stall_window=10), lambda r: r / 2)
+    assert helping[0] == 12 and set(helping[1:]) == {11}
