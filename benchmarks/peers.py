@@ -15,6 +15,7 @@ peers it could not run.
 
 from __future__ import annotations
 
+import functools
 import sys
 import warnings
 from pathlib import Path
@@ -28,11 +29,12 @@ NAME = "peers"
 THRESHOLDS = (1e-2, 1e-4, 1e-6)
 
 
-def run_dmc(M, mask, M_true, rank, cap_s, target):
+def run_dmc(M, mask, M_true, rank, cap_s, target, **params):
     from dmc import DeepMatrixCompleter
 
     model = DeepMatrixCompleter(rank=rank, max_iter=50000, tol=0.0, record_every=20, random_state=0,
-                                callbacks=lambda r: r["recovery_error"] <= target or r["time"] > cap_s)
+                                callbacks=lambda r: r["recovery_error"] <= target or r["time"] > cap_s,
+                                **params)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.fit(np.where(mask, M, 0.0), mask, ground_truth=M_true)
@@ -56,7 +58,9 @@ def main(argv=None):
     from dmc.datasets import make_low_rank
 
     C.warm_up_numba()
-    methods = {"dmc compressed (default settings)": run_dmc}
+    methods = {"dmc compressed (default settings)": run_dmc,
+               'dmc compressed (step_rule="preconditioned")':
+                   functools.partial(run_dmc, step_rule="preconditioned")}
     methods.update(P.PEERS)
     results = []
     for prob in problems:
