@@ -15,8 +15,8 @@ length grows with kappa.
 What gradient descent from an infinitesimal start does instead is greedy
 low-rank learning (Li, Luo and Lyu, ICLR 2021): once the learned directions
 have converged, the next one to grow is the top singular pair of the
-current residual.  :class:`SubspaceRefresh` does that step explicitly, every
-``every`` steps:
+current residual.  :class:`SubspaceRefresh` does that step explicitly,
+whenever its :class:`RefreshSchedule` says so (below):
 
 1. rebalance: with ``C = A diag(s) B^T`` (a k x k SVD), replace
    ``U <- U A``, ``V <- V B`` and every ``W_l <- diag(s ** (1/L))``; the
