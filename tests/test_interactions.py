@@ -222,6 +222,7 @@ def test_bad_input(params, data, error, match):
         InteractionsCompleter(**{**FAST, **params}).fit(users, items)
 
 
+@pytest.mark.filterwarnings("ignore::dmc.ConvergenceWarning")  # short fits on purpose
 def test_bad_weights_and_queries():
     users, items, _, _ = _communities()
     with pytest.raises(ValueError, match="weights must be finite and >= 0"):
@@ -241,6 +242,7 @@ def test_bad_weights_and_queries():
         model.recommend(0, exclude_observed="yes")
 
 
+@pytest.mark.filterwarnings("ignore::dmc.ConvergenceWarning")  # short fits on purpose
 def test_sklearn_protocol_and_pair_inputs():
     base = pytest.importorskip("sklearn.base")
     model = InteractionsCompleter(rank=3, depth=4, random_state=1)
