@@ -248,7 +248,7 @@ class RefreshSchedule:
 
     def due(self, iteration):
         """Whether to refresh before step ``iteration``; True restarts the schedule."""
-        due = iteration - self._last >= self.every or self._stalled(iteration)
+        due = iteration - self._last >= self.every or self._stalled()
         if due:
             residual = self._records[-1][1] if self._records else None
             if self._window is not None and residual is not None:
@@ -261,9 +261,9 @@ class RefreshSchedule:
             self._last, self._records = iteration, []
         return due
 
-    def _stalled(self, iteration):
+    def _stalled(self):
         window = self._window
-        if window is None or iteration - self._last < window or not self._records:
+        if window is None or not self._records:  # (records start at the last refresh)
             return False
         now, residual = self._records[-1]
         earlier = [r for i, r in self._records if i <= now - window]

@@ -309,7 +309,7 @@ def test_subspace_refresh_checks_margin_and_observed_fraction():
 
 
 @pytest.mark.parametrize("residual, pruned", [(None, False), (0.5, False), (1e-4, False),
-                                              (9e-6, True), (1e-12, True)])
+                                              (1e-5, False), (9e-6, True), (1e-12, True)])
 def test_refresh_prunes_the_dead_directions_only_near_the_end(residual, pruned):
     factors, products, _ = _dead_and_live()
     refresh = SubspaceRefresh(products, np, every=10, random_state=4)  # prune_below=1e-5
@@ -449,10 +449,10 @@ def test_schedule_invariants(every, window, record_every, factors):
         assert fired == list(range(every, n_steps + 1, every))
 
 
-def _fire_gaps(schedule, residual_after_refresh, n_steps=600):
-    """Gaps between refreshes when every record (each step) shows ``residual``,
-    which ``residual_after_refresh(r)`` updates at each refresh."""
-    residual, fired, last = 1.0, [], 0
+def _fire_gaps(schedule, residual_after_refresh, n_steps=600, start=1.0):
+    """Gaps between refreshes when every record (each step) shows ``residual``
+    (``start`` at first), which ``residual_after_refresh(r)`` updates at each refresh."""
+    residual, fired, last = start, [], 0
     for iteration in range(1, n_steps + 1):
         if schedule.due(iteration):
             fired.append(iteration - last)
@@ -465,7 +465,7 @@ def _fire_gaps(schedule, residual_after_refresh, n_steps=600):
 def test_schedule_backs_off_after_refreshes_that_do_not_help():
     # a flat residual (a noise floor): every window is a stall; after three
     # unhelpful refreshes in a row each further one doubles the window, up to every
-    flat = _fire_gaps(RefreshSchedule(100, stall_window=10), lambda r: r)
+    flat = _fire_gaps(RefreshSchedule(100, stall_window=10), lambda r: r, start=0.01)
     # the first refresh waits for a record 10 steps after the first one (at step 1)
     assert flat[:4] == [12, 11, 11, 11]
     assert flat[4:8] == [21, 41, 81, 100]
@@ -473,3 +473,40 @@ def test_schedule_backs_off_after_refreshes_that_do_not_help():
     # refreshes that help (the residual halves at each) keep the window short
     helping = _fire_gaps(RefreshSchedule(100, stall_window=10), lambda r: r / 2)
     assert helping[0] == 12 and set(helping[1:]) == {11}
+
+
+def test_reaimed_columns_are_as_long_as_the_live_ones_on_average():
+    factors, products, _ = _dead_and_live()
+    factors.left[:, :2] *= [3.0, 5.0]  # live columns of lengths 3 and 5 (and 2, 4 on the right)
+    factors.right[:, :2] *= [2.0, 4.0]
+    assert SubspaceRefresh(products, np, every=10, random_state=4)(factors) == 4
+    np.testing.assert_allclose(np.linalg.norm(factors.left[:, 2:], axis=0), 4.0, rtol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(factors.right[:, 2:], axis=0), 3.0, rtol=1e-12)
+    np.testing.assert_allclose(sorted(np.linalg.norm(factors.left[:, :2], axis=0)), [3.0, 5.0],
+                               rtol=1e-12)
+
+
+def test_refresh_of_a_chain_without_inner_factors_changes_nothing():
+    rng = np.random.default_rng(0)
+    factors = models.DeepFactors(rng.standard_normal((6, 3)), [], rng.standard_normal((5, 3)))
+    before = [a.copy() for a in factors.arrays()]
+    assert SubspaceRefresh(lambda a, b: None, np)(factors, 1e-9) == 0
+    for a, b in zip(factors.arrays(), before):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_schedule_boundaries():
+    default = RefreshSchedule()
+    assert (default.every, default.stall_window, default.stall_ratio) == (100, 20, 0.9)
+    RefreshSchedule(5, stall_window=1)  # the smallest window
+    # a fall by exactly the ratio is progress, not a stall
+    schedule = RefreshSchedule(1000, stall_window=10, stall_ratio=0.5)
+    schedule.observe(0, 1.0)
+    schedule.observe(10, 0.5)
+    assert not schedule.due(11)
+    schedule.observe(20, 0.25)
+    assert not schedule.due(21)
+    # a refresh after which the residual fell by exactly the ratio helped: the
+    # window stays, even at a level far from 1
+    exact = _fire_gaps(RefreshSchedule(100, stall_window=10, stall_ratio=0.5), lambda r: r * 0.5)
+    assert set(exact[1:]) == {11}

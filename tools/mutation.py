@@ -62,7 +62,9 @@ MODULES = {
     # _BarProgress is checked against a fake tqdm instead
     "solver": ["tests/test_solver.py", "-k", "not verbose_1_bar"],
     "steps": ["tests/test_steps.py", "-k",
-              "not follows_the_constant and not completes and not leaves_the_plateau"],
+              "not follows_the_constant and not completes and not leaves_the_plateau "
+              "and not never_diverges and not stable_and_long and not reaches_tol"],
+    "refresh": ["tests/test_refresh.py"],
     "persistence": ["tests/test_persistence.py",
                     "tests/test_reliability.py::test_truncated_and_bit_flipped_model_files",
                     "tests/test_reliability.py::test_tampered_model_files_say_what_is_wrong",
