@@ -12,6 +12,8 @@
   against explicitly formed products and inverses.
 """
 
+import math
+import types
 import warnings
 
 import numpy as np
@@ -433,6 +435,21 @@ def test_preconditioned_outer_step_scales_the_outer_updates():
         np.testing.assert_allclose(b, 5.0 * a, rtol=1e-12)
 
 
+@pytest.mark.parametrize("bad", [0, 0.0, -1e-3, math.inf, float("nan"), "x", None])
+def test_preconditioned_outer_damping_validation(bad):
+    with pytest.raises(ValueError, match="^outer_damping must be a positive number"):
+        steps.PreconditionedStep(outer_damping=bad)
+
+
+def test_preconditioned_outer_number_is_stored_as_float_and_auto_needs_no_count():
+    rule = steps.PreconditionedStep(outer=1)
+    assert rule.outer == 1.0 and isinstance(rule.outer, float)
+    # a context without observed_per_line (a rule used outside the estimators)
+    bare = types.SimpleNamespace(lr=0.1, outer_ratio=0.01, target_scale=4.0,
+                                 observed_fraction=0.5, xp=np, resolved_scale=None)
+    assert steps.PreconditionedStep().outer_step(3, bare) == 0.3
+
+
 @pytest.mark.parametrize("bad", ["fast", "AUTO", None, 0.0, 2.5])
 def test_preconditioned_outer_validation(bad):
     with pytest.raises(ValueError, match="outer must be"):
@@ -639,7 +656,7 @@ def test_preconditioned_dampings_are_taken_at_the_damping_scale():
 
 @pytest.mark.parametrize("bad", [0, 1, 1.5, -0.1, "low"])
 def test_preconditioned_scale_floor_validation(bad):
-    with pytest.raises(ValueError, match="scale_floor"):
+    with pytest.raises(ValueError, match="^scale_floor must be a number in"):
         steps.PreconditionedStep(scale_floor=bad)
 
 
