@@ -94,6 +94,12 @@ def _after_plateau(stopper):
     return callback
 
 
+def _is_preconditioned(rule):
+    """Whether a step rule is :class:`dmc.steps.PreconditionedStep`, alone or under momentum."""
+    inner = rule.rule if isinstance(rule, steps.Momentum) else rule
+    return isinstance(inner, steps.PreconditionedStep)
+
+
 def _max_iter_message(max_iter, tol, residual, early_stopping, train_loss, preconditioned=False):
     """The ConvergenceWarning of a fit that reached ``max_iter``, with what to try.
 
@@ -614,11 +620,10 @@ class DeepMatrixCompleter(BaseCompleter):
                 start_time=start, verbose=int(self.verbose), refresh=refresh,
             )
         if result.stop_reason == "max_iter":
-            inner_rule = rule.rule if isinstance(rule, steps.Momentum) else rule
             warnings.warn(_max_iter_message(self.max_iter, self.tol, result.residual,
                                             self.early_stopping,
                                             result.history["train_loss"],
-                                            isinstance(inner_rule, steps.PreconditionedStep)),
+                                            _is_preconditioned(rule)),
                           ConvergenceWarning, stacklevel=2)
         self.best_iter_ = result.n_iter
         if self.early_stopping and stopper.best_state is not None:
@@ -652,10 +657,8 @@ class DeepMatrixCompleter(BaseCompleter):
         if self.method != "compressed" or self.distributed:  # not distributed yet
             return None
         if self.refresh_every == "auto":
-            inner = rule.rule if isinstance(rule, steps.Momentum) else rule
             # every 100 steps and on stalls: see RefreshSchedule for the measurements
-            return RefreshSchedule(100, stall_window=20) if isinstance(
-                inner, steps.PreconditionedStep) else None
+            return RefreshSchedule(100, stall_window=20) if _is_preconditioned(rule) else None
         if self.refresh_every is None:
             return None
         return RefreshSchedule(self.refresh_every, stall_window=None)

@@ -241,14 +241,16 @@ class RefreshSchedule:
         self._last = 0
         self._last_residual = None  # the residual when the last refresh was due
         self._records = []  # (iteration, relative residual) since the last refresh
+        self._stalled = False  # what the records say; they change only in observe
 
     def observe(self, iteration, residual):
         """Record the relative residual at ``iteration``."""
         self._records.append((iteration, float(residual)))
+        self._stalled = self._stall_in_records()
 
     def due(self, iteration):
         """Whether to refresh before step ``iteration``; True restarts the schedule."""
-        due = iteration - self._last >= self.every or self._stalled()
+        due = iteration - self._last >= self.every or self._stalled
         if due:
             residual = self._records[-1][1] if self._records else None
             if self._window is not None and residual is not None:
@@ -258,10 +260,10 @@ class RefreshSchedule:
                 backoff = 2 ** max(0, self._unhelpful - self.patience)
                 self._window = min(self.stall_window * backoff, self.every)
             self._last_residual = residual
-            self._last, self._records = iteration, []
+            self._last, self._records, self._stalled = iteration, [], False
         return due
 
-    def _stalled(self):
+    def _stall_in_records(self):
         window = self._window
         if window is None or not self._records:  # (records start at the last refresh)
             return False

@@ -197,11 +197,6 @@ def _progress(verbose, max_iter):
     return _BarProgress(tqdm, max_iter)
 
 
-def _refresh_due(refresh, iteration):
-    schedule = getattr(refresh, "schedule", None)
-    return schedule.due(iteration) if schedule is not None else iteration % refresh.every == 0
-
-
 # Overflow between records is reported as a DivergenceError with advice at the
 # next record, not as NumPy RuntimeWarnings from deep inside a step.
 @np.errstate(over="ignore", invalid="ignore")
@@ -293,7 +288,9 @@ def gradient_descent(
     iteration = 0
     with _deferred_interrupt() as interrupt, _progress(verbose, max_iter) as progress:
         while True:
-            if refresh is not None and iteration and _refresh_due(refresh, iteration):
+            due = refresh is not None and iteration and (
+                schedule.due(iteration) if schedule is not None else iteration % refresh.every == 0)
+            if due:
                 replaced = refresh(factors, residual) if schedule is not None else refresh(factors)
                 resolved = getattr(refresh, "resolved_scale", None)
                 if context is not None and resolved != context.resolved_scale:

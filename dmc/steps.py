@@ -362,9 +362,9 @@ class PreconditionedStep:
                  scale_floor=1e-3):
         checks = [("damping", damping, 0, math.inf), ("newton", newton, 0, 2), ("tau", tau, 0, 1),
                   ("scale_floor", scale_floor, 0, 1)]
-        if not (isinstance(outer, str) and outer == "auto"):
-            if isinstance(outer, str):
-                raise ValueError(f'outer must be "auto" or a number in (0, 2); got {outer!r}.')
+        if isinstance(outer, str) and outer != "auto":
+            raise ValueError(f'outer must be "auto" or a number in (0, 2); got {outer!r}.')
+        if not isinstance(outer, str):
             checks.append(("outer", outer, 0, 2))
         for name, value, low, high in checks:
             if not is_real(value) or not low < value < high:
