@@ -33,8 +33,8 @@ _DTYPES = ("float32", "float64")
 # at scale 1 and 13,000 on the first at scale 63.
 _REFERENCE_SCALE = 10.0
 # what step_rule="auto" means for the compressed model (benchmarks/conditioning.py)
-_DEFAULT_STEP_RULE = "adaptive"
-
+# the outer factors' step ratio of the lr-based step rules
+_DEFAULT_GAMMA = 0.05
 
 # normalize=False trains on the raw values: the loss (their squares, summed) and
 # the gradients must stay well inside float64, and the step-size estimate and
@@ -193,8 +193,20 @@ class DeepMatrixCompleter(BaseCompleter):
         paper uses 0.01; 0.05 reached the same recovery in about a third of
         the steps once the plateau is skipped (choosing-parameters docs).
     step_rule : {"auto", "adaptive", "preconditioned", "constant"} or step rule, default="auto"
-        How gradients become steps (:mod:`dmc.steps`).  ``"adaptive"``
-        (what ``"auto"`` means for ``"compressed"``): one common scalar step,
+        How gradients become steps (:mod:`dmc.steps`).  ``"auto"``
+        (``step_rule_`` says what it chose): for ``"compressed"``,
+        ``"preconditioned"`` where the data are well sampled (the sparsest
+        tenth of the rows and columns aside, every one holds at least
+        ``4 * rank`` observed entries; :func:`dmc.steps.well_sampled`) and
+        ``"adaptive"`` otherwise, in distributed fits or with ``lr`` or
+        ``gamma`` set (they size the adaptive and constant rules' steps; the
+        preconditioned rule has its own and rejects them); ``"constant"``
+        for the wide models.  Why: on well-sampled
+        matrices whose singular values are spread out (real data: a dominant
+        direction and a decaying tail) the adaptive rule learns one
+        direction per plateau and plateaus grow with the condition number,
+        while the preconditioned one does not (benchmarks/README.md,
+        "Conditioning"); with few observations per row it recovers less.  ``"adaptive"``: one common scalar step,
         large while the factors are tiny, capped by the stability limit at
         the current scale, ``lr`` at the end, with heavy-ball momentum 0.5;
         it stays on the gradient-flow path of plain gradient descent (the
@@ -319,6 +331,9 @@ class DeepMatrixCompleter(BaseCompleter):
         The divisor applied to M before fitting (1.0 when ``normalize=False``).
     lr_ : float
         Step size of the inner factors actually used.
+    step_rule_ : str or step rule
+        The step rule used: ``step_rule`` with ``"auto"`` resolved to
+        ``"preconditioned"``, ``"adaptive"`` or ``"constant"``.
     initial_singular_values_ : ndarray
         Top singular values of the initial gradient ``G0`` (``rank`` of them
         for ``"compressed"``, one otherwise).
@@ -358,7 +373,7 @@ class DeepMatrixCompleter(BaseCompleter):
     _backend_state = ("left_factor_", "inner_factors_", "right_factor_")
 
     def __init__(self, rank=10, *, depth=3, method="compressed", init_scale=1e-3,
-                 lr="auto", gamma=0.05, step_rule="auto", refresh_every="auto", width=None, normalize=True, max_iter=20000,
+                 lr="auto", gamma=_DEFAULT_GAMMA, step_rule="auto", refresh_every="auto", width=None, normalize=True, max_iter=20000,
                  tol=1e-7, record_every=10, callbacks=None, verbose=0,
                  backend="auto", device=None, dtype=None, random_state=None,
                  early_stopping=False, validation_fraction=0.1, n_iter_no_change=50,
@@ -412,6 +427,13 @@ class DeepMatrixCompleter(BaseCompleter):
             raise ValueError(f"gamma must be a number >= 0; got {self.gamma!r}.")
         if self.step_rule != "auto":
             rule = self._step_rule()
+            if _is_preconditioned(rule) and (self.lr != "auto" or self.gamma != _DEFAULT_GAMMA):
+                name, value = ("lr", self.lr) if self.lr != "auto" else ("gamma", self.gamma)
+                raise ValueError(
+                    f"{name}={value!r} has no effect with the preconditioned step rule (its steps "
+                    "are fractions of the Newton step, see dmc.steps.PreconditionedStep); leave "
+                    f"{name} at its default, or choose step_rule=\"adaptive\" or \"constant\" "
+                    "to set it.")
             if self.method != "compressed" and not isinstance(rule, steps.ConstantStep):
                 raise ValueError(
                     f'step_rule={self.step_rule!r} applies to method="compressed" only; the '
@@ -565,11 +587,12 @@ class DeepMatrixCompleter(BaseCompleter):
              for a in factors.arrays()])
         lr = (models.spectral_step_size(unit_singular_values[0] / relative, p, self.depth)
               if self.lr == "auto" else float(self.lr))
-        rule = self._step_rule()
+        per_line = obs.sparse_line_count()
+        rule = self._step_rule(per_line)
         context = steps.StepContext(
             lr=lr, outer_ratio=self.gamma if self.method == "compressed" else 1.0,
             target_scale=float(unit_singular_values[0] / relative / p), observed_fraction=p,
-            xp=backend.xp, observed_per_line=obs.sparse_line_count())
+            xp=backend.xp, observed_per_line=per_line)
 
         if self.method == "original":
             observed_mask = to_namespace(obs.mask().astype(float_name), backend)
@@ -634,6 +657,7 @@ class DeepMatrixCompleter(BaseCompleter):
         self.backend_ = backend
         self.scale_ = scale
         self.lr_ = lr
+        self.step_rule_ = self._step_rule_name(per_line)
         self.initial_singular_values_ = np.asarray(singular_values)
         fitted = _rescaled(result.factors, scale)
         self.left_factor_ = fitted.left
@@ -645,12 +669,31 @@ class DeepMatrixCompleter(BaseCompleter):
         self.stop_reason_ = result.stop_reason
         return self
 
-    def _step_rule(self):
-        """The step rule object of this fit (``"auto"`` resolved)."""
+    def _step_rule_name(self, observed_per_line=None):
+        """The step rule ``"auto"`` stands for (a name), or ``step_rule`` as given.
+
+        Compressed fits on well-sampled data (:func:`dmc.steps.well_sampled`:
+        every row and column but the sparsest tenth holds at least twice the
+        width ``k = 2 * rank``) take the preconditioned rule, whose step count
+        does not grow with the condition number; other compressed fits the
+        adaptive one, which recovers more from few observations; distributed
+        fits the adaptive one (the subspace refresh the preconditioned rule
+        needs on spread-out spectra is not distributed yet), and so do fits
+        with a numeric ``lr`` or another ``gamma``, which the preconditioned
+        rule has no use for.
+        """
         if self.step_rule != "auto":
-            return steps.make_step_rule(self.step_rule)
-        return steps.make_step_rule(_DEFAULT_STEP_RULE if self.method == "compressed"
-                                    else "constant")
+            return self.step_rule
+        if self.method != "compressed":
+            return "constant"
+        if (self.lr == "auto" and self.gamma == _DEFAULT_GAMMA and not self.distributed
+                and steps.well_sampled(observed_per_line, 2 * self.rank)):
+            return "preconditioned"
+        return "adaptive"
+
+    def _step_rule(self, observed_per_line=None):
+        """The step rule object of this fit (``"auto"`` resolved for ``observed_per_line``)."""
+        return steps.make_step_rule(self._step_rule_name(observed_per_line))
 
     def _refresh_schedule(self, rule):
         """When this fit refreshes its subspace (a RefreshSchedule), or None for never."""

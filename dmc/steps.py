@@ -50,7 +50,25 @@ from ._base import is_real
 from .models import inner_product
 
 __all__ = ["StepContext", "sum_over_rows", "ConstantStep", "RelativeStep", "PreconditionedStep", "Momentum",
-           "make_step_rule", "STEP_RULES"]
+           "make_step_rule", "STEP_RULES", "well_sampled"]
+
+
+def well_sampled(observed_per_line, k):
+    """Whether a sparsely observed row or column holds at least ``2 k`` entries.
+
+    ``observed_per_line`` is :meth:`dmc.observations.Observations.sparse_line_count`
+    (None when unknown: not well sampled), ``k`` the width of the compressed
+    model.  Where it holds, a Newton-like step sized for ``p`` times the full
+    Gram matrix is safe: :class:`PreconditionedStep` takes its long outer
+    step there and ``DeepMatrixCompleter(step_rule="auto")`` chooses the
+    preconditioned rule.  2k, not k: at 1.1-1.5 k the long outer step
+    converged without early stopping but diverged with it (100 x 100, rank 5,
+    budget 10, 30% observed); below 2k the preconditioned rule ended at
+    another interpolant on exact low-rank data (100 x 100, 20-30% observed,
+    budgets 10 and 20: recovery error 0.03-0.25 where the adaptive rule
+    reached 1e-8; benchmarks/README.md, "Peers").
+    """
+    return observed_per_line is not None and observed_per_line >= 2 * k
 
 
 @dataclass(frozen=True)
@@ -402,11 +420,8 @@ class PreconditionedStep:
         """The outer factors' step relative to the inner one, ``outer`` resolved."""
         if self.outer != "auto":
             return self.outer
-        per_line = getattr(context, "observed_per_line", None)
-        # 2k, not k: at 1.1-1.5 k the long step converged without early
-        # stopping but diverged with it (100 x 100, rank 5, budget 10, 30%)
-        well_sampled = per_line is not None and per_line >= 2 * k
-        return self.long_outer if well_sampled else self.short_outer
+        well = well_sampled(getattr(context, "observed_per_line", None), k)
+        return self.long_outer if well else self.short_outer
 
     def update(self, factors, grads, state):
         context, xp = state["context"], state["context"].xp

@@ -384,3 +384,62 @@ def test_torch_input_selects_the_torch_backend(problem):
     M, mask = problem
     model = _fit(torch.tensor(M), torch.tensor(mask))
     assert model.backend_.name == "torch"
+
+
+def _independent_sparse_line_count(mask):
+    """The 10th percentile of the per-row and per-column counts, the smaller one."""
+    return min(np.quantile(mask.sum(axis=1), 0.1), np.quantile(mask.sum(axis=0), 0.1))
+
+
+@pytest.mark.parametrize("params, per_line, expected", [
+    ({"rank": 5}, 20.0, "preconditioned"),          # 2k = 4 * rank entries: well sampled
+    ({"rank": 5}, 19.9, "adaptive"),
+    ({"rank": 5}, None, "adaptive"),                # unknown: not well sampled
+    ({"rank": 10}, 39.0, "adaptive"),
+    ({"rank": 5, "lr": 0.1}, 1e6, "adaptive"),     # lr sizes the adaptive step: honoured
+    ({"rank": 5, "gamma": 0.2}, 1e6, "adaptive"),
+    ({"rank": 5, "method": "narrow"}, 1e6, "constant"),
+    ({"rank": 5, "step_rule": "adaptive"}, 1e6, "adaptive"),
+    ({"rank": 5, "step_rule": "preconditioned"}, 1.0, "preconditioned"),
+])
+def test_auto_step_rule_follows_the_sampling(params, per_line, expected):
+    assert DeepMatrixCompleter(**params)._step_rule_name(per_line) == expected
+
+
+def test_auto_step_rule_is_adaptive_in_distributed_fits():
+    # the subspace refresh is not distributed; set directly (no process group needed)
+    model = DeepMatrixCompleter(rank=5)
+    model.distributed = True
+    assert model._step_rule_name(1e6) == "adaptive"
+
+
+@pytest.mark.filterwarnings("ignore::dmc.ConvergenceWarning")
+def test_defaults_recover_a_well_sampled_ill_conditioned_matrix():
+    # singular values over a factor 30: the adaptive rule learns one direction
+    # per plateau and is still far off after 2,000 steps; on data this well
+    # sampled "auto" takes the preconditioned rule, which is not
+    M, mask = make_low_rank((150, 120), 3, 0.4, condition_number=30, random_state=1)
+    assert _independent_sparse_line_count(mask) >= 4 * 4
+    fit = DeepMatrixCompleter(rank=4, max_iter=2000, random_state=0).fit(M, mask)
+    assert fit.step_rule_ == "preconditioned"
+    assert np.linalg.norm(fit.transform() - M) / np.linalg.norm(M) < 1e-5
+    slow = DeepMatrixCompleter(rank=4, step_rule="adaptive", max_iter=2000, random_state=0).fit(M, mask)
+    assert slow.step_rule_ == "adaptive"
+    assert np.linalg.norm(slow.transform() - M) / np.linalg.norm(M) > 1e-2
+
+
+def test_sparse_data_keep_the_adaptive_rule():
+    M, mask = make_low_rank((60, 60), 3, 0.2, random_state=0)
+    assert _independent_sparse_line_count(mask) < 4 * 5
+    fit = DeepMatrixCompleter(rank=5, max_iter=3, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fit.fit(M, mask)
+    assert fit.step_rule_ == "adaptive"
+
+
+@pytest.mark.parametrize("param", [{"lr": 0.1}, {"gamma": 0.2}])
+def test_preconditioned_rejects_the_steps_it_would_ignore(param):
+    name = next(iter(param))
+    with pytest.raises(ValueError, match=f"{name}=.*no effect with the preconditioned"):
+        DeepMatrixCompleter(rank=1, step_rule="preconditioned", **param).fit(np.eye(4), np.ones((4, 4), bool))
