@@ -164,6 +164,25 @@ def _target_summary(results, r, kappa=100, method="dmc preconditioned"):
     return "; ".join(parts) + "."
 
 
+def default_choices(problem, budgets):
+    """A sentence: the step rule ``DeepMatrixCompleter``'s default ``step_rule="auto"``
+    picks at each budget on this sampling (read from a one-step fit's ``step_rule_``)."""
+    from dmc import DeepMatrixCompleter
+
+    M, mask = problem
+    chosen = {}
+    for budget in budgets:
+        model = DeepMatrixCompleter(rank=budget, max_iter=1, random_state=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.fit(M, mask)
+        if not hasattr(model, "step_rule_"):
+            return ""
+        chosen[budget] = model.step_rule_
+    return ("The default, `step_rule=\"auto\"`, chose on this sampling: "
+            + ", ".join(f"`{rule}` at budget {b}" for b, rule in chosen.items()) + ".")
+
+
 def main(argv=None):
     import _peers as P
 
@@ -230,6 +249,7 @@ def main(argv=None):
             by_kappa = {e["kappa"]: e for e in results if e["method"] == label and e["rank"] == budget}
             rows.append([label, f"{budget} ({budget // r}r)"] + [cell(by_kappa[k]) for k in kappas])
     targets = _target_summary(results, r)
+    chosen = default_choices(make_low_rank(shape, r, frac, random_state=0), budgets)
     skipped = sorted({f"{e['method']}: {e['reason']}" for e in results if not e.get("available")})
     skipped += [f"dmc {rule}: this dmc has no such step rule" for rule in unknown_rules]
     C.write_section(NAME, [
@@ -254,6 +274,8 @@ def main(argv=None):
         C.markdown_table(["method", "rank budget"] + [f"kappa {k:g}" for k in kappas], rows),
         "",
         targets,
+        "",
+        chosen,
         "",
         ("Not run: " + "; ".join(skipped) + "." if skipped else ""),
         "",

@@ -399,6 +399,10 @@ def _independent_sparse_line_count(mask):
     ({"rank": 5, "lr": 0.1}, 1e6, "adaptive"),     # lr sizes the adaptive step: honoured
     ({"rank": 5, "gamma": 0.2}, 1e6, "adaptive"),
     ({"rank": 5, "method": "narrow"}, 1e6, "constant"),
+    ({"rank": 5, "depth": 2}, 1e6, "adaptive"),      # measured: diverged
+    ({"rank": 5, "depth": 4}, 1e6, "adaptive"),      # measured: never left the start
+    ({"rank": 5, "init_scale": 1e-2}, 20.0, "preconditioned"),
+    ({"rank": 5, "init_scale": 0.1}, 1e6, "adaptive"),  # measured: diverged or stalled
     ({"rank": 5, "step_rule": "adaptive"}, 1e6, "adaptive"),
     ({"rank": 5, "step_rule": "preconditioned"}, 1.0, "preconditioned"),
 ])

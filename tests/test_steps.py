@@ -136,7 +136,9 @@ def test_preconditioned_direction_solves_damped_gram_equations(depth):
 def _complete(M, mask, rule, lr="auto"):
     # the paper's gamma: at the default 0.05 the relative step alone (no momentum)
     # took 14,560 steps here against 4,540 for constant steps (same completed matrix)
-    model = DeepMatrixCompleter(rank=6, lr=lr, step_rule=rule, init_scale=1e-2, tol=1e-5, gamma=0.01,
+    # (the preconditioned rule sizes its own steps: it takes neither lr nor gamma)
+    steps_given = {} if rule == "preconditioned" else {"lr": lr, "gamma": 0.01}
+    model = DeepMatrixCompleter(rank=6, step_rule=rule, init_scale=1e-2, tol=1e-5, **steps_given,
                                 max_iter=100000, record_every=20, random_state=0)
     return model.fit(M, mask)
 
