@@ -562,7 +562,7 @@ def fit_distributed(estimator, M, mask=None, *, ground_truth=None):
 
     from .backend import dtype_name, make_pattern, resolve_backend, to_namespace
     from .estimator import (_REFERENCE_SCALE, _check_output_range, _check_raw_range,
-                            _rescaled)
+                            _rescaled, _rule_label)
     from .solver import ConvergenceWarning, gradient_descent
     from ._base import solver_callbacks
 
@@ -668,7 +668,7 @@ def fit_distributed(estimator, M, mask=None, *, ground_truth=None):
     fitted.left = comm.gather_rows(fitted.left, np.diff(offsets))
     fitted = _rescaled(fitted, scale)
     return {"shape_": (m, n), "backend_": backend, "scale_": scale, "lr_": lr,
-            "step_rule_": estimator._step_rule_name(),
+            "step_rule_": _rule_label(estimator._step_rule_name()),
             "initial_singular_values_": np.asarray(singular_values),
             "left_factor_": fitted.left, "inner_factors_": list(fitted.inner),
             "right_factor_": fitted.right, "history_": result.history,

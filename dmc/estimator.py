@@ -97,6 +97,11 @@ def _after_plateau(stopper):
     return callback
 
 
+def _rule_label(rule):
+    """``step_rule_``: a rule's name, or the class name of a step rule object (saved as text)."""
+    return rule if isinstance(rule, str) else type(rule).__name__
+
+
 def _is_preconditioned(rule):
     """Whether a step rule is :class:`dmc.steps.PreconditionedStep`, alone or under momentum."""
     inner = rule.rule if isinstance(rule, steps.Momentum) else rule
@@ -335,9 +340,10 @@ class DeepMatrixCompleter(BaseCompleter):
         The divisor applied to M before fitting (1.0 when ``normalize=False``).
     lr_ : float
         Step size of the inner factors actually used.
-    step_rule_ : str or step rule
+    step_rule_ : str
         The step rule used: ``step_rule`` with ``"auto"`` resolved to
-        ``"preconditioned"``, ``"adaptive"`` or ``"constant"``.
+        ``"preconditioned"``, ``"adaptive"`` or ``"constant"``; for a step
+        rule object, its class name.
     initial_singular_values_ : ndarray
         Top singular values of the initial gradient ``G0`` (``rank`` of them
         for ``"compressed"``, one otherwise).
@@ -661,7 +667,7 @@ class DeepMatrixCompleter(BaseCompleter):
         self.backend_ = backend
         self.scale_ = scale
         self.lr_ = lr
-        self.step_rule_ = self._step_rule_name(per_line)
+        self.step_rule_ = _rule_label(self._step_rule_name(per_line))
         self.initial_singular_values_ = np.asarray(singular_values)
         fitted = _rescaled(result.factors, scale)
         self.left_factor_ = fitted.left

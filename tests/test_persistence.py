@@ -40,7 +40,7 @@ def _assert_same_fit(a, b):
     np.testing.assert_array_equal(a.transform(as_numpy=True), b.transform(as_numpy=True))
     for key in a.history_:
         np.testing.assert_array_equal(a.history_[key], b.history_[key])
-    for name in ("shape_", "scale_", "lr_", "n_iter_", "converged_", "stop_reason_"):
+    for name in ("shape_", "scale_", "lr_", "step_rule_", "n_iter_", "converged_", "stop_reason_"):
         assert getattr(a, name) == getattr(b, name), name
     np.testing.assert_array_equal(a.initial_singular_values_, b.initial_singular_values_)
     assert len(a.inner_factors_) == len(b.inner_factors_)
@@ -117,6 +117,18 @@ def test_torch_fit_with_torch_params_saves(problem, tmp_path):
     assert loaded.dtype == "float32" and loaded.device == "cpu"
     assert loaded.transform().dtype == torch.float32
     np.testing.assert_array_equal(to_numpy(loaded.transform()), to_numpy(model.transform()))
+
+
+def test_a_step_rule_object_fit_saves_its_rule_by_name(problem, tmp_path):
+    from dmc import steps
+
+    M, mask = problem
+    model = _fit(DeepMatrixCompleter(rank=3, max_iter=20, step_rule=steps.RelativeStep(),
+                                     random_state=0), M, mask)
+    assert model.step_rule_ == "RelativeStep"
+    with pytest.warns(UserWarning, match="step_rule cannot be saved"):
+        path = model.save(tmp_path / "m.npz")
+    assert DeepMatrixCompleter.load(path).step_rule_ == "RelativeStep"
 
 
 def test_unsaveable_parameters_warn(problem, tmp_path):
