@@ -32,8 +32,8 @@ _DTYPES = ("float32", "float64")
 # 10, 30%) and 6,300 on 1000 x 1000 (rank 5, 20%), against 20,500 and 6,900
 # at scale 1 and 13,000 on the first at scale 63.
 _REFERENCE_SCALE = 10.0
-# what step_rule="auto" means for the compressed model (benchmarks/conditioning.py)
-# the outer factors' step ratio of the lr-based step rules
+# the outer factors' step ratio of the lr-based step rules; step_rule="auto"
+# takes the preconditioned rule (which has its own) only while gamma is this
 _DEFAULT_GAMMA = 0.05
 # step_rule="auto" takes the preconditioned rule only from starts this small
 # (at depth 3, init_scale 1e-3 and 1e-2 converged; 0.1 diverged or stalled)
@@ -215,7 +215,8 @@ class DeepMatrixCompleter(BaseCompleter):
         direction and a decaying tail) the adaptive rule learns one
         direction per plateau and plateaus grow with the condition number,
         while the preconditioned one does not (benchmarks/README.md,
-        "Conditioning"); with few observations per row it recovers less.  ``"adaptive"``: one common scalar step,
+        "Conditioning"); with few observations per row it recovers less.
+        ``"adaptive"``: one common scalar step,
         large while the factors are tiny, capped by the stability limit at
         the current scale, ``lr`` at the end, with heavy-ball momentum 0.5;
         it stays on the gradient-flow path of plain gradient descent (the
