@@ -15,7 +15,6 @@ cost of the wide model against the compressed one, and a large sparse problem.
 
 from __future__ import annotations
 
-import resource
 import subprocess
 import sys
 import time
