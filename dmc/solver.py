@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .steps import ConstantStep
+from .steps import ConstantStep, Momentum, PreconditionedStep
 
 __all__ = ["ConvergenceWarning", "DivergenceError", "FitInterruptedWarning", "SolverResult",
            "gradient_descent"]
@@ -197,6 +197,21 @@ def _progress(verbose, max_iter):
     return _BarProgress(tqdm, max_iter)
 
 
+def _divergence_advice(step_rule):
+    """What to try after a divergence, for the rule that diverged."""
+    if isinstance(step_rule, ConstantStep):
+        return "use a smaller lr"
+    if isinstance(step_rule.rule if isinstance(step_rule, Momentum) else step_rule,
+                  PreconditionedStep):
+        # lr does not size this rule's steps (DeepMatrixCompleter rejects it there)
+        return ('use step_rule="adaptive" (the preconditioned rule\'s Newton-like steps can '
+                "overshoot where rows or columns hold few observed entries, or at depths other "
+                "than 3)")
+    return ('use step_rule="constant" or a smaller lr (adaptive steps can '
+            "overshoot where a few observed entries per row or column make "
+            "the loss much sharper than lr assumes)")
+
+
 # Overflow between records is reported as a DivergenceError with advice at the
 # next record, not as NumPy RuntimeWarnings from deep inside a step.
 @np.errstate(over="ignore", invalid="ignore")
@@ -304,10 +319,7 @@ def gradient_descent(
                 loss_value = _as_float(loss)  # the only host synchronisation
                 first_loss = loss_value if first_loss is None else first_loss
                 if not math.isfinite(loss_value) or loss_value > 1e8 * max(first_loss, 1e-300):
-                    advice = ("use a smaller lr" if isinstance(step_rule, ConstantStep) else
-                              'use step_rule="constant" or a smaller lr (adaptive steps can '
-                              "overshoot where a few observed entries per row or column make "
-                              "the loss much sharper than lr assumes)")
+                    advice = _divergence_advice(step_rule)
                     raise DivergenceError(
                         f"training diverged at step {iteration} (loss {loss_value:.3g}, "
                         f"initially {first_loss:.3g}); {advice}. The step size used was "

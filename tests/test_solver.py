@@ -228,6 +228,23 @@ def test_divergence_advice_depends_on_the_rule():
     assert Momentum  # imported for the rule types the advice distinguishes
 
 
+@pytest.mark.filterwarnings("ignore::dmc.ConvergenceWarning")
+def test_a_diverging_preconditioned_fit_points_to_the_adaptive_rule():
+    # measured: the preconditioned rule diverges at depth 2 (100 x 100, rank 5,
+    # 50% observed, step 600); lr does not size its steps, so the advice names
+    # the adaptive rule instead, and the advice works
+    from dmc import DeepMatrixCompleter
+    from dmc.datasets import make_low_rank
+
+    M, mask = make_low_rank((100, 100), 5, 0.5, random_state=0)
+    with pytest.raises(DivergenceError, match=r'use step_rule="adaptive" \(the preconditioned'):
+        DeepMatrixCompleter(rank=10, depth=2, step_rule="preconditioned", max_iter=3000,
+                            random_state=0).fit(M, mask)
+    fit = DeepMatrixCompleter(rank=10, depth=2, step_rule="adaptive", max_iter=3000,
+                              random_state=0).fit(M, mask)
+    assert np.linalg.norm(fit.transform() - M) / np.linalg.norm(M) < 1e-3
+
+
 def test_step_rule_receives_the_context():
     seen = {}
 
