@@ -160,11 +160,14 @@ def _add_model_arguments(parser, *, record_every_default=None):
     group.add_argument("--gamma", type=float, default=_MODEL_DEFAULTS["gamma"],
                        help="step-size ratio of the outer factors (default %(default)g)")
     group.add_argument("--step-rule", default=_MODEL_DEFAULTS["step_rule"],
-                       choices=["auto", "adaptive", "preconditioned", "constant"],
-                       help="how gradients become steps: auto (= adaptive for compressed), "
+                       choices=["auto", "adaptive", "preconditioned", "switching", "constant"],
+                       help="how gradients become steps: auto (chosen from the sampling: "
+                            "preconditioned where rows and columns hold many observed entries, "
+                            "switching where fewer, adaptive on sparse data), "
                             "adaptive (skips the initial plateau on the gradient-flow path, "
                             "with momentum), "
-                            "preconditioned (ill-conditioned matrices) or constant (the paper's "
+                            "preconditioned (ill-conditioned matrices), switching (adaptive, "
+                            "then preconditioned once the fit stalls) or constant (the paper's "
                             "plain gradient descent) (default %(default)s)")
     group.add_argument("--no-normalize", action="store_true",
                        help="fit M as given instead of rescaled to a reference spectral norm")

@@ -224,11 +224,16 @@ class RefreshSchedule:
     stall_ratio : float, default=0.9
         A fit whose relative residual fell by less than this factor over
         ``stall_window`` steps has stalled.
+    active : callable or None, default=None
+        ``active() -> bool``: while False, no refresh is due and records are
+        not kept; the schedule starts at the first record at which it is
+        True (for :class:`dmc.steps.SwitchOnStall`, whose second rule is the
+        one that needs refreshes).  None: always active.
     """
 
     patience = 2  # unhelpful refreshes in a row before the window starts to grow
 
-    def __init__(self, every=100, stall_window=20, stall_ratio=0.9):
+    def __init__(self, every=100, stall_window=20, stall_ratio=0.9, active=None):
         if not is_int(every) or every < 1:
             raise ValueError(f"every must be a positive integer; got {every!r}.")
         if stall_window is not None and (not is_int(stall_window) or stall_window < 1):
@@ -242,14 +247,24 @@ class RefreshSchedule:
         self._last_residual = None  # the residual when the last refresh was due
         self._records = []  # (iteration, relative residual) since the last refresh
         self._stalled = False  # what the records say; they change only in observe
+        if active is not None and not callable(active):
+            raise TypeError(f"active must be a callable or None; got {active!r}.")
+        self.active = active
+        self._started = active is None
 
     def observe(self, iteration, residual):
         """Record the relative residual at ``iteration``."""
+        if not self._started:
+            if not self.active():
+                return
+            self._started, self._last = True, iteration  # the schedule starts here
         self._records.append((iteration, float(residual)))
         self._stalled = self._stall_in_records()
 
     def due(self, iteration):
         """Whether to refresh before step ``iteration``; True restarts the schedule."""
+        if not self._started:
+            return False
         due = iteration - self._last >= self.every or self._stalled
         if due:
             residual = self._records[-1][1] if self._records else None

@@ -199,6 +199,7 @@ def _progress(verbose, max_iter):
 
 def _divergence_advice(step_rule):
     """What to try after a divergence, for the rule that diverged."""
+    step_rule = getattr(step_rule, "current", step_rule)  # a SwitchOnStall: the rule in use
     if isinstance(step_rule, ConstantStep):
         return "use a smaller lr"
     if isinstance(step_rule.rule if isinstance(step_rule, Momentum) else step_rule,
@@ -300,6 +301,7 @@ def gradient_descent(
     arrays = factors.arrays()
     rule_state = step_rule.init(factors, context)
     schedule = getattr(refresh, "schedule", None)  # a RefreshSchedule; else every refresh.every
+    observe_rule = getattr(step_rule, "observe", None)
     iteration = 0
     with _deferred_interrupt() as interrupt, _progress(verbose, max_iter) as progress:
         while True:
@@ -337,6 +339,8 @@ def gradient_descent(
                 for key, value in record.items():
                     records[key].append(value)
                 residual = math.sqrt(2.0 * loss_value) / observed_norm
+                if observe_rule is not None:  # a rule that switches on stalls (steps.SwitchOnStall)
+                    observe_rule(iteration, residual)
                 if schedule is not None:
                     schedule.observe(iteration, residual)
                 if math.sqrt(2.0 * loss_value) <= tol * observed_norm:

@@ -342,6 +342,35 @@ def test_schedule_every_n_steps_without_stall_detection():
     assert [i for i, d in zip(range(1, 14), due) if d] == [4, 8, 12]
 
 
+def test_an_inactive_schedule_waits_and_then_starts_at_its_first_active_record():
+    state = {"on": False}
+    schedule = RefreshSchedule(4, stall_window=None, active=lambda: state["on"])
+    due = []
+    for iteration in range(1, 20):
+        state["on"] = iteration >= 7
+        schedule.observe(iteration, 1.0)
+        due.append(schedule.due(iteration))
+    # nothing while inactive (steps 1-6, although 4 is a multiple of every);
+    # then every 4 steps counted from step 7
+    assert [i for i, d in zip(range(1, 20), due) if d] == [11, 15, 19]
+    with pytest.raises(TypeError, match="active must be a callable"):
+        RefreshSchedule(active=True)
+
+
+def test_auto_refresh_of_the_switching_rule_starts_at_the_switch():
+    rule = steps.make_step_rule("switching")
+    schedule = DeepMatrixCompleter()._refresh_schedule(rule)
+    assert (schedule.every, schedule.stall_window) == (100, 20)
+    for iteration in range(0, 300, 10):
+        schedule.observe(iteration, 1.0)
+        assert not schedule.due(iteration)
+    rule.switched_at = 300
+    schedule.observe(300, 1.0)
+    assert not schedule.due(301) and schedule.due(400)
+    adaptive_then_constant = steps.SwitchOnStall("adaptive", "constant")
+    assert DeepMatrixCompleter()._refresh_schedule(adaptive_then_constant) is None
+
+
 def test_schedule_fires_on_a_stall_and_not_while_the_residual_falls():
     schedule = RefreshSchedule(100, stall_window=20, stall_ratio=0.9)
     # records every 10 steps; the residual halves every 10 steps until step 40, then

@@ -673,3 +673,87 @@ def test_preconditioned_rule_with_refresh_reaches_tol(seed):
     without_refresh = DeepMatrixCompleter(refresh_every=None, **params).fit(M, mask)
     assert without_refresh.converged_  # the comparison point: plain preconditioning gets there
     assert DeepMatrixCompleter(**params).fit(M, mask).converged_
+
+
+# -- SwitchOnStall ----------------------------------------------------------------------
+class _Recorder:
+    """A step rule that returns its name as the update and counts its inits."""
+
+    def __init__(self, name):
+        self.name, self.inits = name, 0
+
+    def init(self, factors, context):
+        self.inits += 1
+        return {"name": self.name}
+
+    def update(self, factors, grads, state):
+        return self.name, state
+
+    def step_size(self, state):
+        return 1.0 if self.name == "first" else 2.0
+
+
+def test_switch_on_stall_switches_once_the_residual_stalls_below_the_threshold():
+    first, second = _Recorder("first"), _Recorder("second")
+    rule = steps.SwitchOnStall(first, second, window=30, ratio=0.9, below=0.5)
+    state = rule.init(None, "context")
+    # above `below`: a flat residual is the first plateau, not a stall
+    for i in range(0, 100, 10):
+        rule.observe(i, 0.8)
+    assert not rule.switched
+    # falling by more than 10% per 30 steps: no stall
+    for i, r in zip(range(100, 160, 10), [0.4, 0.3, 0.2, 0.15, 0.1, 0.07]):
+        rule.observe(i, r)
+    assert not rule.switched
+    assert rule.update(None, None, state)[0] == "first" and rule.step_size(state) == 1.0
+    rule.observe(160, 0.069)
+    rule.observe(170, 0.068)  # 30 steps back (140): 0.1; 0.068 < 0.09, still falling
+    assert not rule.switched
+    rule.observe(180, 0.0675)  # 30 back (150): 0.07 * 0.9 = 0.063 < 0.0675: stalled
+    assert rule.switched and rule.switched_at == 180
+    updates, state = rule.update(None, None, state)
+    assert updates == "second" and rule.step_size(state) == 2.0
+    assert second.inits == 1 and first.inits == 1
+    rule.observe(190, 0.5)  # after the switch the records are not looked at
+    assert rule.switched_at == 180
+    # a restart of the state (a subspace refresh) stays with the second rule
+    assert rule.update(None, None, rule.init(None, "context"))[0] == "second"
+
+
+def test_switch_on_stall_needs_a_full_window():
+    rule = steps.SwitchOnStall(_Recorder("a"), _Recorder("b"), window=50)
+    for i in range(0, 50, 10):
+        rule.observe(i, 0.1)  # flat, but never 50 steps back
+    assert not rule.switched
+    rule.observe(50, 0.1)
+    assert rule.switched
+
+
+@pytest.mark.parametrize("kwargs, match", [({"window": 0}, "window"), ({"window": 2.5}, "window"),
+                                           ({"ratio": 1.0}, "ratio"), ({"below": 0}, "below")])
+def test_switch_on_stall_parameter_checks(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        steps.SwitchOnStall(**kwargs)
+
+
+def test_switching_without_a_stall_is_the_adaptive_rule_exactly():
+    # a well-conditioned problem the adaptive rule completes without stalling
+    M, mask = make_low_rank((79, 147), 4, 0.62, random_state=2)
+    adaptive = DeepMatrixCompleter(rank=12, step_rule="adaptive", random_state=0).fit(M, mask)
+    switching = DeepMatrixCompleter(rank=12, step_rule="switching", random_state=0).fit(M, mask)
+    assert switching.converged_ and switching.n_iter_ == adaptive.n_iter_
+    np.testing.assert_array_equal(switching.transform(), adaptive.transform())
+    np.testing.assert_array_equal(switching.history_["step_size"], adaptive.history_["step_size"])
+
+
+@pytest.mark.filterwarnings("ignore::dmc.ConvergenceWarning")
+def test_switching_takes_the_preconditioned_rule_after_a_stall():
+    # kappa 100 on k to 2k entries per sparse line: the adaptive rule stalls
+    M, mask = make_low_rank((102, 85), 2, 0.29, condition_number=100, random_state=16)
+    fit = DeepMatrixCompleter(rank=6, step_rule="switching", max_iter=3000, random_state=0).fit(M, mask)
+    steps_taken = fit.history_["step_size"]
+    # after the switch PreconditionedStep's step ends at newton / (L p) = 0.5 / (3 p)
+    newton_step = 0.5 / (3 * mask.mean())
+    assert steps_taken[-1] == pytest.approx(newton_step, rel=1e-12)
+    assert not np.any(np.isclose(steps_taken[:10], newton_step))  # adaptive at first
+    assert np.linalg.norm(fit.transform() - M) / np.linalg.norm(M) < 1e-5
