@@ -715,8 +715,8 @@ class DeepMatrixCompleter(BaseCompleter):
             if steps.well_sampled(observed_per_line, k):
                 return "preconditioned"
             if steps.well_sampled(observed_per_line, k, per_column=1):
-                # measured: no worse than adaptive on any of 30 random problems in this
-                # band, and recovered 16 it did not (steps.SwitchOnStall)
+                # measured: no worse than adaptive on 60 random problems in this band,
+                # and recovered 39 that it did not (steps.SwitchOnStall)
                 return "switching"
         return "adaptive"
 

@@ -526,10 +526,13 @@ def test_make_step_rule():
     adaptive = steps.make_step_rule("adaptive")
     assert type(adaptive) is steps.Momentum and adaptive.beta == 0.5
     assert type(adaptive.rule) is steps.RelativeStep and adaptive.rule.tau == 0.05
+    switching = steps.make_step_rule("switching")
+    assert type(switching) is steps.SwitchOnStall and switching.window == 1000
+    assert type(switching.first) is steps.Momentum and type(switching.second) is steps.PreconditionedStep
     rule = steps.RelativeStep()
     assert steps.make_step_rule(rule) is rule
     with pytest.raises(ValueError, match=r"step_rule must be one of \['adaptive', 'constant', "
-                                         r"'preconditioned'\] or a step rule object; got 'x'"):
+                                         r"'preconditioned', 'switching'\] or a step rule object; got 'x'"):
         steps.make_step_rule("x")
 
     class Partial:
@@ -540,7 +543,7 @@ def test_make_step_rule():
             return [], state
     with pytest.raises(TypeError, match="init, update and step_size"):
         steps.make_step_rule(Partial())
-    assert set(steps.STEP_RULES) == {"constant", "adaptive", "preconditioned"}
+    assert set(steps.STEP_RULES) == {"constant", "adaptive", "preconditioned", "switching"}
 
 
 def test_relative_step_with_zero_inner_gradients_takes_the_stable_step():
