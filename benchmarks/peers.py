@@ -106,7 +106,7 @@ def main(argv=None):
         "Same problems, same process, one thread; true rank 5 (100x100 at 30% observed, "
         "500x500 at 20%), rank budget r, 2r, 4r. dmc: compressed, depth 3, default settings, "
         "(`step_rule=\"auto\"`: preconditioned where a sparse row or column holds at least 2k "
-        "entries, adaptive elsewhere), and the same with `step_rule=\"preconditioned\"` forced: "
+        "entries, switching (adaptive until it stalls) with k to 2k, adaptive below), and the same with `step_rule=\"preconditioned\"` forced: "
         "rows like 100x100 at 2r and 4r show why `auto` does not choose it on sparse rows "
         "(about 30 entries per row for k = 20 or 40 columns: it ends at another interpolant). "
         f"Each fit stops at recovery error <= {target:g}, at its own convergence rule, or after "
