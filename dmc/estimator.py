@@ -86,15 +86,25 @@ def _split_observations(obs, validation_fraction, rng):
                               obs.values[part]) for part in (keep, ~keep))
 
 
-def _after_plateau(stopper):
+def _after_plateau(stopper, rule=None, record_every=1):
     """``stopper`` from the first record whose training loss is below 90% of the first
     one: on the initial plateau of a small start (long with constant steps) nothing
-    is learned yet and the validation error may not improve for many records."""
+    is learned yet and the validation error may not improve for many records.
+
+    With a :class:`dmc.steps.SwitchOnStall` ``rule`` that has not switched yet, the
+    stopper also waits ``rule.window`` more steps: a plateau of the first rule is
+    what the switch is for, and the second rule may still improve on it.
+    """
     first = []
+    waiting = isinstance(rule, steps.SwitchOnStall)
 
     def callback(record, state):
         first.append(record["train_loss"])
-        return bool(record["train_loss"] < 0.9 * first[0] and stopper(record, state))
+        stop = bool(record["train_loss"] < 0.9 * first[0] and stopper(record, state))
+        if stop and waiting and not rule.switched:
+            extra = stopper.records_since_best - stopper.patience
+            stop = extra * record_every >= rule.window
+        return stop
     return callback
 
 
@@ -311,7 +321,10 @@ class DeepMatrixCompleter(BaseCompleter):
         stop after ``n_iter_no_change`` records without a better value and
         restore the factors of the best one (``best_iter_``).  Use it on
         noisy data (measurements, ratings), where fitting to ``tol`` fits
-        the noise; exact low-rank data need no validation split.
+        the noise; exact low-rank data need no validation split.  With the
+        switching step rule it also waits, before the switch, one stall
+        window (1,000 steps) longer: on a plateau of the adaptive rule the
+        switch is still to come.
     validation_fraction : float, default=0.1
         Share of the observed entries held out with ``early_stopping``, in
         (0, 1).
@@ -649,7 +662,7 @@ class DeepMatrixCompleter(BaseCompleter):
             metrics["validation_rmse"] = lambda f: scale * rmse(to_numpy(models.predict_entries(
                 f, v_rows, v_cols, backend.xp)), v_values)  # in the units of M
             stopper = EarlyStopping("validation_rmse", self.n_iter_no_change)
-            callbacks.insert(0, _after_plateau(stopper))
+            callbacks.insert(0, _after_plateau(stopper, rule, self.record_every))
 
         with compute_threads(backend), warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)  # re-issued below, with advice

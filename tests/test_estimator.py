@@ -476,3 +476,45 @@ def test_a_step_rule_object_is_not_changed_by_fitting():
         fit.fit(M, mask)
     assert fit.step_rule is rule and not rule.switched and rule._records == []
     assert fit.step_rule_ == "SwitchOnStall"
+
+
+@pytest.mark.filterwarnings("ignore::dmc.ConvergenceWarning")
+def test_early_stopping_waits_for_the_switch():
+    # with early stopping the adaptive rule stops on its plateau (measured 1.0e-2 at
+    # step 1,500); the switching rule's stopper waits a stall window longer, the
+    # switch happens, and the preconditioned rule recovers the matrix
+    M, mask = make_low_rank((102, 85), 2, 0.29, condition_number=100, random_state=16)
+    stopped = DeepMatrixCompleter(rank=6, step_rule="adaptive", early_stopping=True,
+                                  random_state=0).fit(M, mask)
+    assert stopped.stop_reason_ == "early_stopping"
+    assert np.linalg.norm(stopped.transform() - M) / np.linalg.norm(M) > 1e-3
+    waited = DeepMatrixCompleter(rank=6, step_rule="switching", early_stopping=True,
+                                 random_state=0).fit(M, mask)
+    assert waited.n_iter_ > stopped.n_iter_
+    assert np.linalg.norm(waited.transform() - M) / np.linalg.norm(M) < 1e-5
+
+
+def test_the_stopper_waits_a_window_only_before_the_switch():
+    from dmc.estimator import _after_plateau
+
+    class Stopper:  # says stop from its third call on, with records_since_best = calls
+        patience, records_since_best = 3, 0
+
+        def __call__(self, record, state):
+            self.records_since_best += 1
+            return self.records_since_best >= self.patience
+
+    rule = steps.SwitchOnStall(window=40)
+    callback = _after_plateau(Stopper(), rule, record_every=10)
+    record = {"train_loss": 1.0}
+    callback({"train_loss": 10.0}, None)  # the first record sets the reference loss
+    said = [callback(record, None) for _ in range(8)]
+    # stop would come at the 3rd call; 40 steps (4 records of 10) later instead
+    assert said == [False] * 6 + [True, True]
+    rule.switched_at = 100
+    callback = _after_plateau(Stopper(), rule, record_every=10)
+    callback({"train_loss": 10.0}, None)
+    assert [callback(record, None) for _ in range(3)] == [False, False, True]
+    plain = _after_plateau(Stopper())
+    plain({"train_loss": 10.0}, None)
+    assert [plain(record, None) for _ in range(3)] == [False, False, True]
