@@ -604,9 +604,11 @@ class SwitchOnStall:
         """Record the relative residual at ``iteration``; switch once the fit has stalled."""
         if self.switched:
             return
-        self._records.append((iteration, float(residual)))
-        earlier = [r for i, r in self._records if i <= iteration - self.window]
-        if earlier and self.below > residual > self.ratio * earlier[-1]:
+        records, cutoff = self._records, iteration - self.window
+        records.append((iteration, float(residual)))
+        while len(records) > 1 and records[1][0] <= cutoff:  # keep one record at or before it
+            records.pop(0)
+        if records[0][0] <= cutoff and self.below > residual > self.ratio * records[0][1]:
             self.switched_at, self._records = iteration, []
 
     def init(self, factors, context):
