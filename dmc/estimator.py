@@ -113,14 +113,6 @@ def _rule_label(rule):
     return rule if isinstance(rule, str) else type(rule).__name__
 
 
-def _is_preconditioned(rule):
-    """Whether a step rule is :class:`dmc.steps.PreconditionedStep`, alone or under
-    momentum, or a :class:`dmc.steps.SwitchOnStall` that has switched to one."""
-    rule = rule.current if isinstance(rule, steps.SwitchOnStall) else rule
-    inner = rule.rule if isinstance(rule, steps.Momentum) else rule
-    return isinstance(inner, steps.PreconditionedStep)
-
-
 def _max_iter_message(max_iter, tol, residual, early_stopping, train_loss, preconditioned=False):
     """The ConvergenceWarning of a fit that reached ``max_iter``, with what to try.
 
@@ -458,7 +450,7 @@ class DeepMatrixCompleter(BaseCompleter):
             raise ValueError(f"gamma must be a number >= 0; got {self.gamma!r}.")
         if self.step_rule != "auto":
             rule = self._step_rule()
-            if _is_preconditioned(rule) and (self.lr != "auto" or self.gamma != _DEFAULT_GAMMA):
+            if steps.is_preconditioned(rule) and (self.lr != "auto" or self.gamma != _DEFAULT_GAMMA):
                 name, value = ("lr", self.lr) if self.lr != "auto" else ("gamma", self.gamma)
                 raise ValueError(
                     f"{name}={value!r} has no effect with the preconditioned step rule (its steps "
@@ -677,7 +669,7 @@ class DeepMatrixCompleter(BaseCompleter):
             warnings.warn(_max_iter_message(self.max_iter, self.tol, result.residual,
                                             self.early_stopping,
                                             result.history["train_loss"],
-                                            _is_preconditioned(rule)),
+                                            steps.is_preconditioned(rule)),
                           ConvergenceWarning, stacklevel=2)
         self.best_iter_ = result.n_iter
         if self.early_stopping and stopper.best_state is not None:
@@ -748,10 +740,12 @@ class DeepMatrixCompleter(BaseCompleter):
             return None
         if self.refresh_every == "auto":
             # every 100 steps and on stalls: see RefreshSchedule for the measurements
-            if isinstance(rule, steps.SwitchOnStall):  # from the switch to the preconditioned rule
-                return (RefreshSchedule(100, stall_window=20, active=lambda: rule.switched)
-                        if _is_preconditioned(rule.second) else None)
-            return RefreshSchedule(100, stall_window=20) if _is_preconditioned(rule) else None
+            active = None
+            if isinstance(rule, steps.SwitchOnStall):  # from the switch on, for its second rule
+                switching, rule = rule, rule.second
+                active = lambda: switching.switched  # noqa: E731
+            return (RefreshSchedule(100, stall_window=20, active=active)
+                    if steps.is_preconditioned(rule) else None)
         if self.refresh_every is None:
             return None
         return RefreshSchedule(self.refresh_every, stall_window=None)

@@ -76,6 +76,7 @@ from array_api_compat import device
 from ._base import is_int, is_real
 from .backend import to_numpy
 from .models import inner_product
+from .steps import residual_stalled
 
 __all__ = ["RefreshSchedule", "SubspaceRefresh", "rebalance", "residual_top_pairs"]
 
@@ -279,12 +280,9 @@ class RefreshSchedule:
         return due
 
     def _stall_in_records(self):
-        window = self._window
-        if window is None or not self._records:  # (records start at the last refresh)
+        if self._window is None or not self._records:  # (records start at the last refresh)
             return False
-        now, residual = self._records[-1]
-        earlier = [r for i, r in self._records if i <= now - window]
-        return bool(earlier) and residual > self.stall_ratio * earlier[-1]
+        return residual_stalled(self._records, self._window, self.stall_ratio)
 
 
 class SubspaceRefresh:

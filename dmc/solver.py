@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .steps import ConstantStep, Momentum, PreconditionedStep
+from .steps import ConstantStep, is_preconditioned
 
 __all__ = ["ConvergenceWarning", "DivergenceError", "FitInterruptedWarning", "SolverResult",
            "gradient_descent"]
@@ -199,11 +199,9 @@ def _progress(verbose, max_iter):
 
 def _divergence_advice(step_rule):
     """What to try after a divergence, for the rule that diverged."""
-    step_rule = getattr(step_rule, "current", step_rule)  # a SwitchOnStall: the rule in use
-    if isinstance(step_rule, ConstantStep):
+    if isinstance(getattr(step_rule, "current", step_rule), ConstantStep):  # SwitchOnStall: in use
         return "use a smaller lr"
-    if isinstance(step_rule.rule if isinstance(step_rule, Momentum) else step_rule,
-                  PreconditionedStep):
+    if is_preconditioned(step_rule):
         # lr does not size this rule's steps (DeepMatrixCompleter rejects it there)
         return ('use step_rule="adaptive" (the preconditioned rule\'s Newton-like steps can '
                 "overshoot where rows or columns hold few observed entries, or at depths other "

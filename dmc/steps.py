@@ -50,11 +50,12 @@ from dataclasses import dataclass
 import numpy as np
 from array_api_compat import device
 
-from ._base import is_real
+from ._base import is_int, is_real
 from .models import inner_product
 
 __all__ = ["StepContext", "sum_over_rows", "ConstantStep", "RelativeStep", "PreconditionedStep", "Momentum",
-           "SwitchOnStall", "make_step_rule", "STEP_RULES", "well_sampled"]
+           "SwitchOnStall", "make_step_rule", "STEP_RULES", "well_sampled", "is_preconditioned",
+           "residual_stalled"]
 
 
 def well_sampled(observed_per_line, k, *, per_column=2):
@@ -74,6 +75,18 @@ def well_sampled(observed_per_line, k, *, per_column=2):
     (``per_column=1``) the estimator takes :class:`SwitchOnStall`.
     """
     return observed_per_line is not None and observed_per_line >= per_column * k
+
+
+def residual_stalled(records, window, ratio):
+    """Whether a fit has stalled: its last recorded relative residual is above
+    ``ratio`` times that of the latest record at least ``window`` steps older.
+
+    ``records``: ``(iteration, residual)`` pairs in order, the last one now.
+    Shared by :class:`SwitchOnStall` and :class:`dmc.refresh.RefreshSchedule`.
+    """
+    now, residual = records[-1]
+    earlier = [r for i, r in records if i <= now - window]
+    return bool(earlier) and residual > ratio * earlier[-1]
 
 
 @dataclass(frozen=True)
@@ -580,7 +593,7 @@ class SwitchOnStall:
 
     def __init__(self, first="adaptive", second="preconditioned", *, window=1000, ratio=0.9,
                  below=0.5):
-        if not isinstance(window, (int, np.integer)) or isinstance(window, bool) or window < 1:
+        if not is_int(window) or window < 1:
             raise ValueError(f"window must be a positive integer; got {window!r}.")
         for name, value in (("ratio", ratio), ("below", below)):
             if not is_real(value) or not 0 < value < 1:
@@ -608,7 +621,7 @@ class SwitchOnStall:
         records.append((iteration, float(residual)))
         while len(records) > 1 and records[1][0] <= cutoff:  # keep one record at or before it
             records.pop(0)
-        if records[0][0] <= cutoff and self.below > residual > self.ratio * records[0][1]:
+        if residual < self.below and residual_stalled(records, self.window, self.ratio):
             self.switched_at, self._records = iteration, []
 
     def init(self, factors, context):
@@ -623,6 +636,14 @@ class SwitchOnStall:
 
     def step_size(self, state):
         return (self.second if state["switched"] else self.first).step_size(state["state"])
+
+
+def is_preconditioned(rule):
+    """Whether ``rule`` steps with :class:`PreconditionedStep`: alone, under
+    :class:`Momentum`, or as the rule a :class:`SwitchOnStall` uses now."""
+    rule = rule.current if isinstance(rule, SwitchOnStall) else rule
+    rule = rule.rule if isinstance(rule, Momentum) else rule
+    return isinstance(rule, PreconditionedStep)
 
 
 def _adaptive():
