@@ -86,6 +86,7 @@ class Task:
         self.users, self.items, self.ratings = users, items, ratings
         shape = (self.user_ids.size, self.item_ids.size)
         self.X = sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=shape)
+        self.graded = sp.csr_matrix((ratings / ratings.max(), (rows, cols)), shape=shape)
         keep = test_ratings >= RELEVANT_RATING
         t_users, t_items = test_users[keep], test_items[keep]
         known = np.isin(t_users, self.user_ids)
@@ -156,17 +157,20 @@ def puresvd(task, factors, **_):
     return (task.X[task.eval_rows] @ vt.T) @ vt, seconds
 
 
-def ease(task, lam, **_):
+def ease(task, lam, graded=False, **_):
+    """EASE (Steck 2019) on the 0/1 matrix, or with ``graded`` on rating / 5 (the input
+    ``InteractionsCompleter(target="weights")`` fits, so that the two compare on equal terms)."""
     import numpy as np
 
     start = time.perf_counter()
-    G = (task.X.T @ task.X).toarray()
+    X = task.graded if graded else task.X
+    G = (X.T @ X).toarray()
     G[np.diag_indices_from(G)] += lam
     P = np.linalg.inv(G)
     B = -P / np.diag(P)
     B[np.diag_indices_from(B)] = 0.0
     seconds = time.perf_counter() - start
-    return task.X[task.eval_rows] @ B, seconds
+    return X[task.eval_rows] @ B, seconds
 
 
 def ratings_completer(task, seed, **_):
@@ -225,6 +229,10 @@ INTERACTIONS_CANDIDATES = [
 ]
 
 
+GRADED = {"target": "weights"}  # fit each interaction to its rating / 5
+GRADED_ROW = 'InteractionsCompleter (target="weights")'
+
+
 def _validation_ndcg(val, seed, params):
     from dmc import DivergenceError
 
@@ -250,6 +258,9 @@ def run_split(data, split, seed, quick, log=print):
     best_lam = max(val_ease, key=val_ease.get)
     tuning["ease_validation_ndcg"] = {str(k): v for k, v in val_ease.items()}
     rows.append(_row(f"EASE(lambda={best_lam:g}, tuned)", task, ease, lam=best_lam))
+    val_graded = {lam: val.evaluate(ease(val, lam, graded=True)[0])["ndcg"] for lam in EASE_LAMBDAS}
+    best_graded = max(val_graded, key=val_graded.get)
+    tuning["ease_graded_validation_ndcg"] = {str(k): v for k, v in val_graded.items()}
     for kind in ("als", "bpr"):
         try:
             rows.append(_row(f"implicit {kind.upper()} (64 factors)", task, implicit_model,
@@ -269,6 +280,11 @@ def run_split(data, split, seed, quick, log=print):
                      seed=seed, params=INTERACTIONS_BASE))
     rows.append(_row(f"InteractionsCompleter (tuned: {json.dumps(best)})", task,
                      interactions_completer, seed=seed, params={**INTERACTIONS_BASE, **best}))
+    # graded input (the ratings), for both: the binary rows above are the issue's comparison
+    rows.append(_row(f"EASE on rating / 5 (lambda={best_graded:g}, tuned)", task, ease,
+                     lam=best_graded, graded=True))
+    rows.append(_row(GRADED_ROW, task, interactions_completer, seed=seed,
+                     params={**INTERACTIONS_BASE, **GRADED}))
     for row in rows:
         log(f"  {split} {row['method']:<52} P@10 {row['precision']:.3f} R@10 {row['recall']:.3f} "
             f"NDCG@10 {row['ndcg']:.3f}  fit {row['fit_seconds']:.2f} s")
@@ -427,7 +443,11 @@ def _targets_paragraph(splits):
                      + ("above PureSVD at every factor count" if not below else
                         f"not above PureSVD({', '.join(map(str, below))})")
                      + f", tuned {ndcg(split, tuned):.3f}")
-    mean = {name: np.mean([ndcg(s, name) for s in splits]) for name in (ours, tuned, "EASE")}
+    names = (ours, tuned, "EASE", GRADED_ROW, "EASE on rating")
+    mean = {name: np.mean([ndcg(s, name) for s in splits]) for name in names}
+    graded = "; ".join(f"{s['split']} {ndcg(s, GRADED_ROW):.3f} against {ndcg(s, 'EASE on rating'):.3f}"
+                       for s in splits)
+    above_binary = sum(ndcg(s, GRADED_ROW) > ndcg(s, "EASE") for s in splits)
     fits = [fit(s, ours) for s in splits]
     return ("Against the issue's targets, this run (test splits; NDCG@10 of InteractionsCompleter "
             "with its defaults; the standard error of a split's mean NDCG@10 is about 0.012): "
@@ -437,7 +457,13 @@ def _targets_paragraph(splits):
                f"{100 * (mean[ours] / mean['EASE'] - 1):+.1f}% (stretch target +5%). "
                if len(splits) > 1 else "")
             + f"Fit times of the defaults {min(fits):.1f}-{max(fits):.1f} s (target under 10 s: "
-            + ("met" if max(fits) < 10 else "missed") + ").")
+            + ("met" if max(fits) < 10 else "missed") + "). "
+            + f"On graded input (rating / 5 for both; `target=\"weights\"` against EASE on the "
+            f"same matrix, its lambda tuned on validation): {graded}"
+            + (f"; mean {mean[GRADED_ROW]:.3f} against {mean['EASE on rating']:.3f}"
+               if len(splits) > 1 else "")
+            + f". The graded model is above binary EASE on {above_binary} of {len(splits)} "
+            "split(s); the issue's target is read on equal inputs: the binary rows.")
 
 
 def render_section(results, large=None):
@@ -466,9 +492,12 @@ def render_section(results, large=None):
     for split in splits:
         values = split["tuning"]["interactions_validation_ndcg"].values()
         lines.append(f"| {split['split']} | " + " | ".join(f"{v:.4f}" for v in values) + " |")
-    lines += ["", "EASE validation NDCG@10 by lambda: " + "; ".join(
-        f"{s['split']}: " + ", ".join(f"{k}: {v:.4f}" for k, v in s["tuning"]
-                                      ["ease_validation_ndcg"].items()) for s in splits) + ".", ""]
+    for key, what in (("ease_validation_ndcg", "EASE"),
+                      ("ease_graded_validation_ndcg", "EASE on rating / 5")):
+        lines += ["", f"{what} validation NDCG@10 by lambda: " + "; ".join(
+            f"{s['split']}: " + ", ".join(f"{k}: {v:.4f}" for k, v in s["tuning"][key].items())
+            for s in splits) + "."]
+    lines += [""]
     missing = sorted({k for s in splits for k, v in s["tuning"].items() if v == "not installed"})
     if missing:
         lines += [f"Not run: {', '.join(missing)} (the `implicit` package is not installed).", ""]
@@ -573,6 +602,20 @@ NOTES = [
     "low rank alone does not close the gap.",
     "* A deep item-item mode of InteractionsCompleter reached validation NDCG@10 0.2173 in "
     "46 s: below EASE on the same split and over the 10 s fit budget; it was removed.",
+    "",
+    "Stop 23 (u1 validation split, seed 0; test numbers for the record only):",
+    "",
+    "* Degree-normalised PureSVD (svds of D_u^-a R D_i^-b, scores rescaled by D_i^b; the "
+    "low-pass half of GF-CF): best 0.2135 (20 factors, a = 0.5, b = 0.25) and 0.2123 (50 "
+    "factors, a = b = 0.5) against 0.2107 plain: no gain that the 0.008 standard error resolves.",
+    "* EASE fitted to the residual of the fitted deep model (R - X, zero diagonal, closed "
+    "form), scores X + R C: 0.2092 / 0.2175 / 0.2192 / 0.2200 / 0.2192 at lambda 100 / 250 / "
+    "500 / 1000 / 2000, against EASE's best 0.2235: not kept.",
+    "* Graded target (`target=\"weights\"`, each interaction fitted to its rating / 5): 0.2278 "
+    "against 0.2175 binary; fitting ratings >= 4 to 1 and the rest to 0.5 / 0.25 / 0: 0.2290 / "
+    "0.2272 / 0.2109 (dropping the low ratings loses: a watched film predicts the next). Kept "
+    "as an option, not the default: it needs bounded weights, and EASE gains as much from the "
+    "same input (0.2393 at lambda 250), so on equal inputs EASE stays ahead.",
     "",
 ]
 

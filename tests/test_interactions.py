@@ -204,6 +204,38 @@ def test_confidence_weights_change_the_fit():
                            unit.user_factors_ @ unit.item_factors_.T)
 
 
+def test_graded_target_fits_the_weights_over_the_largest():
+    # three complete user x item blocks with grades 1, 3 and 5: a rank-3 target, every entry
+    # observed, so a long fit at rank 3 reaches it (the best rank-3 approximation is itself);
+    # init_scale 1e-2 keeps the start's own directions out of the initial gradient's subspace
+    groups, users_per, items_per = 3, 8, 6
+    users = np.repeat(np.arange(groups * users_per), items_per)
+    items = (users // users_per) * items_per + np.tile(np.arange(items_per), groups * users_per)
+    grades = np.array([1.0, 3.0, 5.0])[users // users_per]
+    expected = np.zeros((groups * users_per, groups * items_per))
+    expected[users, items] = grades / 5.0  # independent of the code: the grade over the top grade
+    params = dict(rank=3, init_scale=1e-2, validation_fraction=0, max_iter=1000, record_every=100,
+                  random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graded = InteractionsCompleter(**params, target="weights").fit(users, items, grades)
+        binary = InteractionsCompleter(**params).fit(users, items, grades)
+    np.testing.assert_allclose(graded.user_factors_ @ graded.item_factors_.T, expected, atol=1e-4)
+    np.testing.assert_allclose(binary.user_factors_ @ binary.item_factors_.T, expected > 0, atol=1e-4)
+    # the graded fit ranks the 5-star block first for a user who has seen nothing of it
+    assert graded.score_items([0], [2 * items_per])[0] < 1e-3  # other blocks stay at 0
+
+
+def test_graded_target_needs_weights():
+    users, items, _, _ = _communities()
+    with pytest.raises(ValueError, match='target="weights" fits each interaction to its weight'):
+        InteractionsCompleter(**FAST, target="weights").fit(users, items)
+    with pytest.raises(ValueError, match="at least one positive weight"):
+        InteractionsCompleter(**FAST, target="weights").fit(users, items, np.zeros(users.size))
+    with pytest.raises(ValueError, match='target must be "binary" or "weights"'):
+        InteractionsCompleter(**FAST, target="ratings").fit(users, items)
+
+
 @pytest.mark.parametrize("params, data, error, match", [
     ({"rank": 40}, None, ValueError, "rank=40 is too large"),
     ({"alpha": -1.0}, None, ValueError, "alpha must be"),
