@@ -478,43 +478,71 @@ def test_a_step_rule_object_is_not_changed_by_fitting():
     assert fit.step_rule_ == "SwitchOnStall"
 
 
-@pytest.mark.filterwarnings("ignore::dmc.ConvergenceWarning")
-def test_early_stopping_waits_for_the_switch():
-    # with early stopping the adaptive rule stops on its plateau (measured 1.0e-2 at
-    # step 1,500); the switching rule's stopper waits a stall window longer, the
-    # switch happens, and the preconditioned rule recovers the matrix
+def test_early_stopping_does_not_stop_on_a_plateau():
+    # the adaptive rule learns one direction, then sits on a plateau (recovery error 1.0e-2
+    # from about step 1,000): the validation RMSE stops improving, but the training loss
+    # stops falling too, so early stopping lets the fit go on instead of ending it there
     M, mask = make_low_rank((102, 85), 2, 0.29, condition_number=100, random_state=16)
-    stopped = DeepMatrixCompleter(rank=6, step_rule="adaptive", early_stopping=True,
-                                  random_state=0).fit(M, mask)
-    assert stopped.stop_reason_ == "early_stopping"
-    assert np.linalg.norm(stopped.transform() - M) / np.linalg.norm(M) > 1e-3
-    waited = DeepMatrixCompleter(rank=6, step_rule="switching", early_stopping=True,
-                                 random_state=0).fit(M, mask)
-    assert waited.n_iter_ > stopped.n_iter_
+    with pytest.warns(ConvergenceWarning, match="plateau between singular directions") as caught:
+        adaptive = DeepMatrixCompleter(rank=6, step_rule="adaptive", early_stopping=True,
+                                       max_iter=3000, random_state=0).fit(M, mask)
+    assert "preconditioned" in str(caught[0].message)  # the way off the plateau
+    assert adaptive.stop_reason_ == "max_iter" and adaptive.n_iter_ == 3000
+    assert np.linalg.norm(adaptive.transform() - M) / np.linalg.norm(M) > 1e-3
+    # the switching rule leaves it (its stopper also waits a stall window before the switch)
+    # and the preconditioned rule recovers the matrix
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        waited = DeepMatrixCompleter(rank=6, step_rule="switching", early_stopping=True,
+                                     random_state=0).fit(M, mask)
     assert np.linalg.norm(waited.transform() - M) / np.linalg.norm(M) < 1e-5
+
+
+class _ScriptedStopper:  # says stop from its third call on, with records_since_best = calls
+    patience, records_since_best = 3, 0
+
+    def __call__(self, record, state):
+        self.records_since_best += 1
+        return self.records_since_best >= self.patience
+
+
+def _falling(start=1.0):
+    """Records whose training loss falls 5% each (learning, so not a plateau)."""
+    loss = start
+    while True:
+        loss *= 0.95
+        yield {"train_loss": loss}
 
 
 def test_the_stopper_waits_a_window_only_before_the_switch():
     from dmc.estimator import _after_plateau
 
-    class Stopper:  # says stop from its third call on, with records_since_best = calls
-        patience, records_since_best = 3, 0
-
-        def __call__(self, record, state):
-            self.records_since_best += 1
-            return self.records_since_best >= self.patience
-
     rule = steps.SwitchOnStall(window=40)
-    callback = _after_plateau(Stopper(), rule, record_every=10)
-    record = {"train_loss": 1.0}
+    callback = _after_plateau(_ScriptedStopper(), rule, record_every=10)
     callback({"train_loss": 10.0}, None)  # the first record sets the reference loss
-    said = [callback(record, None) for _ in range(8)]
+    records = _falling()
+    said = [callback(next(records), None) for _ in range(8)]
     # stop would come at the 3rd call; 40 steps (4 records of 10) later instead
     assert said == [False] * 6 + [True, True]
     rule.switched_at = 100
-    callback = _after_plateau(Stopper(), rule, record_every=10)
+    callback = _after_plateau(_ScriptedStopper(), rule, record_every=10)
     callback({"train_loss": 10.0}, None)
-    assert [callback(record, None) for _ in range(3)] == [False, False, True]
-    plain = _after_plateau(Stopper())
+    records = _falling()
+    assert [callback(next(records), None) for _ in range(3)] == [False, False, True]
+    plain = _after_plateau(_ScriptedStopper())
     plain({"train_loss": 10.0}, None)
-    assert [plain(record, None) for _ in range(3)] == [False, False, True]
+    records = _falling()
+    assert [plain(next(records), None) for _ in range(3)] == [False, False, True]
+
+
+def test_the_stopper_never_stops_on_a_flat_training_loss():
+    from dmc.estimator import _after_plateau
+
+    callback = _after_plateau(_ScriptedStopper())
+    callback({"train_loss": 10.0}, None)
+    # past the initial plateau, then flat: the patience runs out, but nothing was learned
+    flat = [callback({"train_loss": 1.0 - 1e-5 * i}, None) for i in range(20)]
+    assert not any(flat)
+    # learning again: the first record 1% below the loss at the best record stops it
+    assert callback({"train_loss": 0.995}, None) is False
+    assert callback({"train_loss": 0.989}, None) is True
