@@ -68,7 +68,7 @@ one run, not absolute times across sections.
 Peers that need scikit-learn < 1.6 (fancyimpute 0.7.0) run in a separate
 virtual environment, created on demand by `python benchmarks/_common.py
 --setup-peers-venv` at `/tmp/dmc-peers-venv` (override with `DMC_PEERS_VENV`);
-`peers.py` and `low_sample.py` re-run themselves under it when it exists and
+`peers.py`, `low_sample.py` and `approximate_low_rank.py` re-run themselves under it when it exists and
 skip the unavailable peers (saying so in their JSON) when it does not.
 
 Budget: the seven synthetic scripts (`original_vs_compressed`, `rank_overestimation`,

@@ -504,7 +504,6 @@ def render_section(results, large=None):
     lines += [_targets_paragraph(splits), ""]
     lines += NOTES
     if large is not None:
-        gib = 2**30
         lines += ["", "### Scale: a synthetic 1e6 x 1e5 interaction matrix", ""]
         lines += [render_large(large)]
     return "\n".join(lines)

@@ -22,7 +22,7 @@ BENCH = REPO / "benchmarks"
 # where benchmarks/_common.py looks for the peers venv
 PEERS_VENV = Path(os.environ.get("DMC_PEERS_VENV", "/tmp/dmc-peers-venv"))
 SCRIPTS = ["core", "gpu", "original_vs_compressed", "rank_overestimation", "depth_benefit", "low_sample", "peers", "scaling",
-           "conditioning", "step_cost", "distributed"]
+           "conditioning", "step_cost", "distributed", "approximate_low_rank"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

@@ -4,7 +4,6 @@ import warnings
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
 from dmc import InteractionsCompleter, RatingsCompleter, models, subspace
 from dmc.backend import Backend, make_pattern, to_namespace, to_numpy
