@@ -150,10 +150,10 @@ def _max_iter_message(max_iter, tol, residual, early_stopping, train_loss, preco
         advice = ("" if preconditioned else
                   ', or try step_rule="preconditioned" (no plateau per singular direction)')
         return (f"the validation RMSE had not improved for n_iter_no_change records at "
-                f"max_iter={max_iter}, but the training loss had not fallen either: the fit was "
-                f"on a plateau between singular directions, not fitting noise, so it went on "
-                f"(the best state so far was kept). Raise max_iter to let it leave the "
-                f"plateau{advice}.")
+                f"max_iter={max_iter}, but the training loss had not fallen by 1% either: a "
+                f"plateau between singular directions (or a fit that has converged), not "
+                f"overfitting, so early stopping let it go on (the best state so far was kept). "
+                f"Raise max_iter if the fit may still leave the plateau{advice}.")
     if early_stopping:
         return (f"the validation RMSE still improved within the last n_iter_no_change records "
                 f"at max_iter={max_iter}; raise max_iter (the best state so far was kept).")
