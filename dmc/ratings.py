@@ -295,7 +295,10 @@ class RatingsCompleter(BaseCompleter):
     Use it to predict ratings.  For top-N recommendation (which items to
     show) use :class:`dmc.InteractionsCompleter`: ranking by predicted rating
     ranks worse than item popularity on MovieLens 100K, while a model of the
-    full interaction matrix ranks well (docs page "Top-N recommendation").
+    full interaction matrix ranks well (docs page "Top-N recommendation");
+    with ratings at hand, ``InteractionsCompleter(target="weights")`` fitted
+    to them ranks better still (u1 NDCG@10 0.475 against 0.443 on the 0/1
+    interactions and 0.185 for this estimator).
 
     Parameters
     ----------
