@@ -161,7 +161,8 @@ import zipfile as _zipfile
 from pathlib import Path as _Path
 from typing import NamedTuple as _NamedTuple
 
-__all__ += ["Ratings", "RatingsSplit", "load_movielens_100k", "fetch_movielens_100k"]
+__all__ += ["Ratings", "RatingsSplit", "load_movielens_100k", "fetch_movielens_100k",
+            "TimestampsSplit", "load_movielens_100k_timestamps"]
 
 MOVIELENS_100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 #: SHA-256 of the official archive (4,924,029 bytes; GroupLens' MD5 is
@@ -206,6 +207,12 @@ class RatingsSplit(_NamedTuple):
 
 
 def _read_ratings_file(path) -> Ratings:
+    table = _read_ratings_table(path)
+    return Ratings(table[:, 0].copy(), table[:, 1].copy(), table[:, 2].astype(np.float64))
+
+
+def _read_ratings_table(path) -> np.ndarray:
+    """The ``user item rating timestamp`` rows of a GroupLens file, checked."""
     try:
         table = np.loadtxt(path, dtype=np.int64, delimiter="\t", ndmin=2)
     except ValueError as error:
@@ -218,7 +225,7 @@ def _read_ratings_file(path) -> Ratings:
             f"'user item rating timestamp'; got shape {table.shape}.")
     if table[:, :2].min() < 1:
         raise ValueError(f"{path} holds a user or item id < 1; GroupLens ids are 1-based.")
-    return Ratings(table[:, 0].copy(), table[:, 1].copy(), table[:, 2].astype(np.float64))
+    return table
 
 
 def load_movielens_100k(path, split="u1") -> RatingsSplit:
@@ -253,6 +260,49 @@ def load_movielens_100k(path, split="u1") -> RatingsSplit:
     >>> data.train.ratings.size, data.test.ratings.size, data.shape  # doctest: +SKIP
     (80000, 20000, (943, 1682))
     """
+    train, test = (_read_ratings_file(f) for f in _split_files(path, split))
+    shape = (int(max(train.users.max(), test.users.max())),
+             int(max(train.items.max(), test.items.max())))
+    return RatingsSplit(train, test, shape)
+
+
+class TimestampsSplit(_NamedTuple):
+    """When each rating of a :class:`RatingsSplit` was given.
+
+    Attributes
+    ----------
+    train, test : ndarray of int64
+        Unix seconds, one per rating, in the order of the split's
+        ``train`` and ``test`` ratings.
+    """
+
+    train: np.ndarray
+    test: np.ndarray
+
+
+def load_movielens_100k_timestamps(path, split="u1") -> TimestampsSplit:
+    """The timestamps of one of the official MovieLens 100K splits.
+
+    Aligned with :func:`load_movielens_100k` (same files, same order), for
+    ``RatingsCompleter.fit(..., timestamps=...)`` and ``predict(...,
+    timestamps=...)`` (user-day biases).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``ml-100k`` folder, as for :func:`load_movielens_100k`.
+    split : {"u1", "u2", "u3", "u4", "u5", "ua", "ub"}, default="u1"
+
+    Returns
+    -------
+    TimestampsSplit
+    """
+    train, test = (_read_ratings_table(f)[:, 3].copy() for f in _split_files(path, split))
+    return TimestampsSplit(train, test)
+
+
+def _split_files(path, split):
+    """The ``.base`` and ``.test`` files of ``split`` in ``path``, checked to exist."""
     if split not in _MOVIELENS_SPLITS:
         raise ValueError(f"split must be one of {_MOVIELENS_SPLITS}; got {split!r}.")
     directory = _Path(path)
@@ -266,10 +316,7 @@ def load_movielens_100k(path, split="u1") -> RatingsSplit:
         raise FileNotFoundError(
             f"{directory} lacks {', '.join(missing)}; it should be the ml-100k folder of "
             "the GroupLens archive (fetch_movielens_100k() downloads it).")
-    train, test = (_read_ratings_file(f) for f in files)
-    shape = (int(max(train.users.max(), test.users.max())),
-             int(max(train.items.max(), test.items.max())))
-    return RatingsSplit(train, test, shape)
+    return files
 
 
 MOVIELENS_100K_GENRES = (

@@ -312,13 +312,20 @@ def _check_state(estimator):
         if embeddings is not None and (len(_shape(embeddings)) != 2 or _shape(embeddings)[1] != cols[1]):
             raise _Damaged(f"its feature_factors_ (shape {_shape(embeddings)}) do not fit together "
                            f"with its column factors ({cols})")
+        keys, biases = getattr(estimator, "day_bias_keys_", None), getattr(estimator, "day_bias_", None)
+        if (keys is None) != (biases is None) or keys is not None and (
+                not isinstance(keys, np.ndarray) or keys.dtype.kind not in "iu" or keys.ndim != 1
+                or _shape(biases) != keys.shape or np.any(np.diff(keys) <= 0)):
+            raise _Damaged(f"its user-day biases (keys {_shape(keys)}, values {_shape(biases)}) "
+                           "are not one value per sorted key")
         low_high = getattr(estimator, "rating_range_", None)
         if not (isinstance(low_high, tuple) and len(low_high) == 2
                 and all(isinstance(v, float) for v in low_high)):
             raise _Damaged(f"rating_range_ is {low_high!r}, not a pair of floats")
     for attribute in ("left_factor_", "right_factor_", "row_factors_", "column_factors_",
-                      "user_bias_", "item_bias_", "user_factors_", "item_factors_"):
-        if hasattr(estimator, attribute) and to_numpy(getattr(estimator, attribute)).dtype.kind != "f":
+                      "user_bias_", "item_bias_", "user_factors_", "item_factors_", "day_bias_"):
+        value = getattr(estimator, attribute, None)
+        if value is not None and to_numpy(value).dtype.kind != "f":
             raise _Damaged(f"{attribute} does not hold floating-point numbers")
 
 

@@ -46,7 +46,7 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 
-from . import _neighbours, models, subspace
+from . import _day_bias, _neighbours, models, subspace
 from ._base import (BaseCompleter, check_bools, check_callbacks, check_integers, check_lr, check_reals,
                     check_validation_fraction, check_verbose, is_int, is_real, solver_callbacks)
 from ._early_stopping import EarlyStopping, validation_split
@@ -428,6 +428,14 @@ class RatingsCompleter(BaseCompleter):
         columns are scaled to unit norm first.  On a validation split of
         MovieLens 100K u1 with the 19 genres, 1, 2 and 3 gave RMSE 0.8981,
         0.8973 and 0.8968 against 0.8995 without features, and 10 diverged.
+    day_bias_penalty : float, default=5.0
+        With ``fit(..., timestamps=...)``: shrinkage of the user-day biases
+        (timeSVD++'s ``b_{u,t}``), fitted last on the training residuals:
+        per (user, day), the residuals' sum over ``count +
+        day_bias_penalty``.  ``predict(..., timestamps=...)`` adds the bias
+        of the (user, day) when training saw it.  On a validation split of
+        MovieLens 100K u1: RMSE 0.8991 without, 0.8949 / 0.8948 / 0.8950 /
+        0.8955 at 2 / 5 / 10 / 20.
         On the test splits (with both kNN corrections) the genres helped u1
         (0.9107 -> 0.9077) but hurt u2 (0.8987 -> 0.9130): five-split mean
         0.9011 against 0.9001, so item features stay opt-in.
@@ -437,6 +445,10 @@ class RatingsCompleter(BaseCompleter):
     user_ids_, item_ids_ : ndarray
         The known ids, sorted; row ``r`` of the model is user ``user_ids_[r]``.
     global_mean_ : float
+    day_bias_keys_, day_bias_ : ndarray or None
+        The user-day biases (``fit(..., timestamps=...)``; None without):
+        sorted int64 keys of (user row, UTC day) and, in rating units, the
+        bias of each.
     user_bias_, item_bias_ : ndarray
         In rating units (zeros when ``biases=False``).
     row_factors_, column_factors_ : ndarray
@@ -503,7 +515,7 @@ class RatingsCompleter(BaseCompleter):
                  verbose=0, random_state=None, implicit_feedback=True, warm_start=False,
                  neighbours="auto", user_neighbours="auto", neighbour_shrinkage=100.0,
                  neighbour_damping=1.0,
-                 feature_lr=2.0):
+                 feature_lr=2.0, day_bias_penalty=5.0):
         self.rank = rank
         self.depth = depth
         self.init_scale = init_scale
@@ -532,6 +544,7 @@ class RatingsCompleter(BaseCompleter):
         self.neighbour_shrinkage = neighbour_shrinkage
         self.neighbour_damping = neighbour_damping
         self.feature_lr = feature_lr
+        self.day_bias_penalty = day_bias_penalty
 
     # -- validation ----------------------------------------------------------
     def _check_params(self):
@@ -539,7 +552,7 @@ class RatingsCompleter(BaseCompleter):
                               "n_iter_no_change": 1, "bias_warmup": 0})
         check_reals(self, ("init_scale", "lr_multiplier", "bias_lr", "feature_lr"), positive=True)
         check_reals(self, ("gamma", "bias_penalty", "weight_decay", "neighbour_shrinkage",
-                           "neighbour_damping"), positive=False)
+                           "neighbour_damping", "day_bias_penalty"), positive=False)
         for name, kind in (("neighbours", "item"), ("user_neighbours", "user")):
             value = getattr(self, name)
             if not (value == "auto" if isinstance(value, str) else is_int(value) and value >= 0):
@@ -564,7 +577,7 @@ class RatingsCompleter(BaseCompleter):
         return low, high
 
     # -- fitting -------------------------------------------------------------
-    def fit(self, X, items=None, ratings=None, *, y=None, item_features=None):
+    def fit(self, X, items=None, ratings=None, *, y=None, item_features=None, timestamps=None):
         """Fit the model to rating triplets.
 
         Parameters
@@ -604,6 +617,14 @@ class RatingsCompleter(BaseCompleter):
             without features); rows of other ids are ignored.  With
             ``warm_start`` the continued fit needs the same number of
             features.
+        timestamps : array-like, optional
+            When each rating was given: Unix seconds, ``datetime64`` values or
+            a pandas datetime column, one per rating.  Fits user-day biases
+            (``day_bias_penalty``) after the model, which
+            ``predict(..., timestamps=...)`` adds: a user's ratings of one day
+            share an offset that no user x item factorization expresses.  On
+            MovieLens 100K (:func:`dmc.datasets.load_movielens_100k_timestamps`)
+            they lowered the test RMSE of every official split.
 
         Returns
         -------
@@ -625,6 +646,7 @@ class RatingsCompleter(BaseCompleter):
         ratings = ratings.astype(np.float64)
         if not np.all(np.isfinite(ratings)):
             raise ValueError("ratings must be finite (drop missing ratings instead of storing NaN).")
+        days = None if timestamps is None else _day_bias.day_numbers(timestamps, ratings.size)
         previous = self._warm_state() if self.warm_start else None
         self.user_ids_, rows = encode_ids(users)
         self.item_ids_, cols = encode_ids(items)
@@ -644,6 +666,7 @@ class RatingsCompleter(BaseCompleter):
                              f"items: 2 * rank must be <= {min(shape)}.")
         order = np.lexsort((cols, rows))
         rows, cols, ratings = rows[order], cols[order], ratings[order]
+        days = None if days is None else days[order]
         same = (rows[1:] == rows[:-1]) & (cols[1:] == cols[:-1])
         if np.any(same):
             i = int(np.flatnonzero(same)[0])
@@ -690,6 +713,7 @@ class RatingsCompleter(BaseCompleter):
         for name, value in fitted.items():
             setattr(self, name, value)
         self._fit_neighbours(rows, cols, np.ldexp(ratings, shift))
+        self._fit_day_biases(rows, cols, np.ldexp(ratings, shift), days)
         history = result.history
         if shift:
             history = dict(history)
@@ -898,6 +922,18 @@ class RatingsCompleter(BaseCompleter):
             self.user_similarities_ = _neighbours.item_similarities(
                 cols, rows, self._residuals, shape[0], self.neighbour_shrinkage)
 
+    def _fit_day_biases(self, rows, cols, ratings, days):
+        """User-day biases on the residuals of the fitted model, kNN corrections included
+        (``fit``'s last step); None without timestamps."""
+        self.day_bias_keys_ = self.day_bias_ = None
+        if days is None:
+            return
+        residuals = ratings - self._deep_scores(rows, cols) - self._pair_corrections(rows, cols)
+        if not np.all(np.isfinite(residuals)):
+            return  # ratings near float64's limit: no correction rather than inf
+        self.day_bias_keys_, self.day_bias_ = _day_bias.fit_day_biases(
+            _day_bias.day_keys(rows, days), residuals, self.day_bias_penalty)
+
     def _deep_scores(self, rows, cols):
         """``mu + b_u + b_i + X[u, i]`` at known (row, column) pairs, not clipped."""
         return (self.global_mean_ + self.user_bias_[rows] + self.item_bias_[cols]
@@ -946,7 +982,7 @@ class RatingsCompleter(BaseCompleter):
         """Positions of ``ids`` in the sorted ``known`` ids and whether each is known."""
         return lookup(known, ids)
 
-    def predict(self, users, items=None):
+    def predict(self, users, items=None, *, timestamps=None):
         """Predicted ratings for ``(users[i], items[i])``, in the fitted ids.
 
         Parameters
@@ -957,13 +993,18 @@ class RatingsCompleter(BaseCompleter):
             columns (scikit-learn's ``predict(X)``).
         items : array-like of ids or scalar, optional
             Same length as ``users``.
+        timestamps : array-like, optional
+            When each rating would be given (as in :meth:`fit`): adds the
+            user-day bias of each known user on that day, when training saw
+            the user rate on it (0 otherwise).  Only for a model fitted
+            with timestamps.
 
         Returns
         -------
         ndarray of float, shape (len(users),)
-            ``mu + b_u + b_i + X[u, i]`` plus the item-kNN correction (see
-            ``neighbours``), clipped to ``rating_range_`` when
-            ``clip=True``.  An unknown user or item contributes neither a
+            ``mu + b_u + b_i + X[u, i]`` plus the kNN corrections (see
+            ``neighbours``) and, with ``timestamps``, the user-day biases,
+            clipped to ``rating_range_`` when ``clip=True``.  An unknown user or item contributes neither a
             bias nor an interaction: ``mu + b_i`` for an unknown user,
             ``mu + b_u`` for an unknown item, ``mu`` for both.
         """
@@ -980,6 +1021,14 @@ class RatingsCompleter(BaseCompleter):
         pred += np.where(known_c, self.item_bias_[c], 0.0)
         pred[both] += np.einsum("ij,ij->i", self.row_factors_[r[both]], self.column_factors_[c[both]])
         pred[both] += self._pair_corrections(r[both], c[both])
+        if timestamps is not None:
+            if getattr(self, "day_bias_", None) is None:
+                raise ValueError("this model was fitted without timestamps, so it has no "
+                                 "user-day biases to add: pass timestamps to fit as well, or "
+                                 "predict without them.")
+            days = _day_bias.day_numbers(timestamps, users.size)
+            pred[known_r] += _day_bias.day_biases_at(self.day_bias_keys_, self.day_bias_,
+                                                     _day_bias.day_keys(r[known_r], days[known_r]))
         if self.clip:
             np.clip(pred, *self.rating_range_, out=pred)
         return pred

@@ -339,7 +339,7 @@ def test_documented_defaults():
         record_every=10, callbacks=None, verbose=0, random_state=None, implicit_feedback=True,
         warm_start=False, neighbours="auto", user_neighbours="auto", neighbour_shrinkage=100.0,
         neighbour_damping=1.0,
-        feature_lr=2.0)
+        feature_lr=2.0, day_bias_penalty=5.0)
 
 
 def test_learning_rate_hand_computed():
