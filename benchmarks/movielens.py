@@ -68,11 +68,11 @@ def dmc_config(quick=False):
     return {"max_iter": 60, "n_iter_no_change": 3} if quick else {}
 
 
-# where run_dmc_genres reads u.item (main sets it from --data)
-_DATA = {"path": DEFAULT_DATA}
+# where run_dmc_genres reads u.item and run_dmc_timestamps the split (main sets both)
+_DATA = {"path": DEFAULT_DATA, "split": "u1"}
 
 
-def run_dmc(train, test, seed, quick, *, fit_params=None, **params):
+def run_dmc(train, test, seed, quick, *, fit_params=None, predict_params=None, **params):
     import warnings
 
     from dmc.ratings import RatingsCompleter
@@ -81,7 +81,7 @@ def run_dmc(train, test, seed, quick, *, fit_params=None, **params):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # --quick stops at max_iter on purpose
         model.fit(*train, **(fit_params or {}))
-    pred = model.predict(test.users, test.items)
+    pred = model.predict(test.users, test.items, **(predict_params or {}))
     extra = {"n_iter": int(model.n_iter_), "best_iter": int(model.best_iter_)}
     if params or fit_params:
         extra["config"] = ", ".join([f"{k}={v!r}" for k, v in params.items()]
@@ -100,6 +100,15 @@ def run_dmc_genres(train, test, seed, quick):
 
     genres = load_movielens_100k_genres(_DATA["path"])
     return run_dmc(train, test, seed, quick, fit_params={"item_features": genres})
+
+
+def run_dmc_timestamps(train, test, seed, quick):
+    """dmc with the ratings' timestamps: user-day biases (opt-in: fit and predict get them)."""
+    from dmc.datasets import load_movielens_100k_timestamps
+
+    stamps = load_movielens_100k_timestamps(_DATA["path"], _DATA["split"])
+    return run_dmc(train, test, seed, quick, fit_params={"timestamps": stamps.train},
+                   predict_params={"timestamps": stamps.test})
 
 
 def run_surprise(train, test, seed, quick):
@@ -246,11 +255,26 @@ ABLATION = [
     "",
     "The user correction improves every split (0.0007..0.0012) at ~0.1 s of fit time: adopted. "
     "The 3-seed ensemble gains another 0.0011 but triples the fit time (~34 s, over the 30 s "
-    "budget): left out (average three `random_state`s by hand to get it). The issue's targets "
-    "(u1 <= 0.900, five-split <= 0.895) are still not met: 0.9107 and 0.9001.",
+    "budget): left out (average three `random_state`s by hand to get it). Without timestamps "
+    "the issue's targets (u1 <= 0.900, five-split <= 0.895) are not met: 0.9107 and 0.9001.",
+    "",
+    "User-day biases (`dmc-timestamps`: `fit(..., timestamps=...)`, the day-specific user "
+    "bias b_{u,t} of timeSVD++ fitted on the model's training residuals, per user and UTC day, "
+    "shrunk by count / (count + `day_bias_penalty`)): 99% of the test ratings fall on a day the "
+    "user also rated in training. Validation (same carve): 0.8991 without, 0.8949 / 0.8948 / "
+    "0.8950 / 0.8955 at penalty 2 / 5 / 10 / 20 (5 chosen). Also measured there and not kept: "
+    "fitting the day biases with the user and item biases before the deep model (and subtracting "
+    "them from the ratings) 0.8944 but u1 test 0.9082 against 0.9062, and 0.8948 with both; "
+    "sessions (gaps over 1 / 3 / 12 / 24 h) instead of calendar days 0.8947..0.8953; the day "
+    "biases before the kNN corrections 0.8950; item biases per time bin (10 / 30 bins over the "
+    "7 months) 0.8961 / 0.8954 and per rating-frequency bucket (Koren's f_ut, log base 2 / "
+    "6.25) 0.8960 / 0.8945 on top of them. Against the targets, with timestamps: u1 0.9062 "
+    "(target 0.900: missed), five-split mean 0.8953 (target 0.895: missed by 0.0003); fit "
+    "time unchanged (the biases take well under a second).",
 ]
 
-METHODS = {"dmc": run_dmc, "dmc-no-knn": run_dmc_no_knn, "dmc-genres": run_dmc_genres,
+METHODS = {"dmc": run_dmc, "dmc-timestamps": run_dmc_timestamps, "dmc-no-knn": run_dmc_no_knn,
+           "dmc-genres": run_dmc_genres,
            "surprise-svd": run_surprise, "surprise-svdpp": run_surprise_svdpp,
            "surprise-knnbaseline": run_surprise_knn_baseline, "cmfrec": run_cmfrec,
            "cmfrec-implicit": run_cmfrec_implicit}
@@ -330,7 +354,10 @@ def render_section(results):
         "item-kNN correction of the residuals included), random_state="
         f"{results['seed']}; dmc-no-knn: `neighbours=0` (the defaults before the correction); "
         "dmc-genres: the defaults plus `fit(..., item_features=load_movielens_100k_genres(path))` "
-        "(the 19 genre flags of u.item, opt-in). Versions: "
+        "(the 19 genre flags of u.item, opt-in); dmc-timestamps: the defaults plus "
+        "`fit(..., timestamps=...)` and `predict(..., timestamps=...)` with the ratings' "
+        "timestamps (`load_movielens_100k_timestamps`), i.e. user-day biases (opt-in; the "
+        "published models above use no timestamps). Versions: "
         + ", ".join(f"{k} {v}" for k, v in results["versions"].items() if v) + ".",
     ]
     notes = results.get("notes")
@@ -390,6 +417,7 @@ def main(argv=None):
         try:
             for split in splits:
                 data = load_movielens_100k(args.data, split)
+                _DATA["split"] = split
                 pred, seconds, extra = METHODS[name](data.train, data.test, args.seed, args.quick)
                 err = pred - data.test.ratings
                 row = {"split": split, "rmse": float(np.sqrt(np.mean(err**2))),
