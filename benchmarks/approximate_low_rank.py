@@ -189,8 +189,7 @@ def floor_error(M):
 def cell(res):
     if not res.get("available"):
         return "n/a"
-    text = f"{res['error']:.3f} ({res['time']:.1f} s)"
-    return text
+    return f"{res['error']:.3f} ({res['time']:.1f} s)"
 
 
 def main(argv=None):
